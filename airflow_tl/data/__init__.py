@@ -1,0 +1,1 @@
+"""Data: image preprocessing and S3 image datasets."""

@@ -1,0 +1,30 @@
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+
+def get_provider_info() -> dict:
+    return {
+        "package-name": "airflow-tl",
+        "name": "Transfer Learning",
+        "description": "Transfer learning pipelines for image models: fetch pretrained weights, extract features, "
+        "freeze and train, evaluate and promote, with models versioned in S3.",
+        "integrations": [
+            {
+                "integration-name": "Transfer Learning",
+                "tags": ["software"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Transfer Learning",
+                "python-modules": ["airflow_tl.operators.fetch"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Transfer Learning",
+                "python-modules": ["airflow_tl.hooks.s3"],
+            }
+        ],
+    }

@@ -1,0 +1,26 @@
+"""S3 access through an Airflow AWS connection, with retries on throttling and 5xx."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_tl.storage.s3 import S3Store
+
+# botocore's "standard" mode retries throttling, transient 5xx and connection errors with
+# exponential back-off. A connection's own ``config_kwargs`` extra overrides these.
+DEFAULT_RETRIES = {"mode": "standard", "max_attempts": 8}
+
+
+def s3_store(aws_conn_id: str | None = "aws_default") -> S3Store:
+    """An ``S3Store`` for the AWS connection ``aws_conn_id``; its ``endpoint_url`` extra selects MinIO, moto..."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    from airflow_tl.storage.s3 import S3Store
+
+    connection_config = S3Hook(aws_conn_id=aws_conn_id).conn_config.botocore_config
+    config = Config(retries=DEFAULT_RETRIES)
+    if connection_config is not None:
+        config = config.merge(connection_config)
+    return S3Store(S3Hook(aws_conn_id=aws_conn_id, config=config).get_conn())

@@ -1,0 +1,1 @@
+"""Models: the model card, model folders, architectures and their blocks."""

@@ -1,0 +1,170 @@
+"""torchvision classification architectures: build by name, find the head, name the blocks.
+
+A *block* is the unit of freezing: ``freeze_layers=k`` freezes the first k blocks. Blocks are
+ordered from the input towards the head, so early (generic) features freeze first. The head
+(the layers whose shape depends on the number of classes) is never part of a block.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from functools import lru_cache
+
+import torch
+import torchvision
+from torch import nn
+
+from airflow_tl.exceptions import IncompatibleWeightsError, UnknownArchitectureError
+from airflow_tl.models.card import Block
+
+log = logging.getLogger(__name__)
+
+# Aux classifiers only help when training from scratch at full resolution; we build without them
+# and drop their pretrained keys on load.
+_EXTRA_KWARGS = {
+    "googlenet": {"aux_logits": False, "init_weights": False},
+    "inception_v3": {"aux_logits": False, "init_weights": False},
+}
+
+
+@lru_cache(maxsize=1)
+def list_architectures() -> tuple[str, ...]:
+    """Every classification architecture torchvision can build by name."""
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_architecture(name: str) -> None:
+    if name not in list_architectures():
+        close = [a for a in list_architectures() if a.startswith(name[:4])] if name else []
+        hint = f" Did you mean one of {', '.join(close[:8])}?" if close else ""
+        raise UnknownArchitectureError(
+            f"Unknown architecture {name!r}: torchvision has no classification model of that name.{hint} "
+            "See torchvision.models.list_models(module=torchvision.models) for all of them."
+        )
+
+
+def build_model(name: str, num_classes: int, *, device: str | torch.device = "cpu") -> nn.Module:
+    """A randomly initialised torchvision model with a head for ``num_classes`` classes."""
+    check_architecture(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init-scheme notices
+        with torch.device(device):
+            return torchvision.models.get_model(
+                name, weights=None, num_classes=num_classes, **_EXTRA_KWARGS.get(name, {})
+            )
+
+
+def _shapes(name: str, num_classes: int) -> dict[str, torch.Size]:
+    try:
+        model = build_model(name, num_classes, device="meta")
+    except NotImplementedError:  # a few (regnet) read tensor values while building; build them for real
+        model = build_model(name, num_classes)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+@lru_cache(maxsize=64)
+def head_prefixes(name: str) -> tuple[str, ...]:
+    """Module names of the head: the layers whose shapes change with the number of classes."""
+    a, b = _shapes(name, 3), _shapes(name, 4)
+    keys = [k for k in a if a[k] != b[k]]
+    return tuple(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys))
+
+
+def _children(model: nn.Module, parent: str) -> list[str]:
+    return [f"{parent}.{n}" for n, _ in model.get_submodule(parent).named_children()]
+
+
+def _resnet_blocks(model: nn.Module, head: set[str]) -> list[Block]:
+    return [Block("stem", ["conv1", "bn1"])] + [Block(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]
+
+
+def _features_blocks(model: nn.Module, head: set[str]) -> list[Block]:
+    """MobileNetV3 and EfficientNet: stem, one block per stage in ``features``, then any pre-logits layer."""
+    blocks = [Block(p, [p]) for p in _children(model, "features")]
+    blocks[0].name = "stem"
+    for prefix in _children(model, "classifier"):
+        if prefix not in head and any(True for _ in model.get_submodule(prefix).parameters()):
+            blocks.append(Block("pre_logits", [prefix]))
+    return blocks
+
+
+def _generic_blocks(model: nn.Module, head: set[str]) -> list[Block]:
+    """One block per top-level child that holds parameters or buffers other than the head's."""
+    blocks = []
+    for child, module in model.named_children():
+        owned = [n for n, _ in [*module.named_parameters(), *module.named_buffers()]]
+        if any(not _under(f"{child}.{n}", head) for n in owned):
+            blocks.append(Block(child, [child]))
+    return blocks
+
+
+def _under(name: str, prefixes: set[str] | list[str] | tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+_FAMILIES: list[tuple[Callable[[str], bool], Callable[[nn.Module, set[str]], list[Block]]]] = [
+    (lambda n: n.startswith(("resnet", "resnext", "wide_resnet")), _resnet_blocks),
+    (lambda n: n.startswith(("mobilenet_v3", "efficientnet")), _features_blocks),
+]
+
+
+def describe_blocks(name: str, model: nn.Module | None = None) -> list[Block]:
+    """The ordered blocks of an architecture, hand-written for ResNet, MobileNetV3 and EfficientNet."""
+    check_architecture(name)
+    if model is None:
+        try:
+            model = build_model(name, 3, device="meta")
+        except NotImplementedError:
+            model = build_model(name, 3)
+    head = set(head_prefixes(name))
+    for matches, blocks_of in _FAMILIES:
+        if matches(name):
+            return blocks_of(model, head)
+    return _generic_blocks(model, head)
+
+
+def block_of(param_name: str, blocks: list[Block], head: list[str] | tuple[str, ...]) -> int | None:
+    """Index of the block that owns a parameter or buffer; None for the head (or anything unowned)."""
+    if _under(param_name, head):
+        return None
+    for index, block in enumerate(blocks):
+        if _under(param_name, block.prefixes):
+            return index
+    return None
+
+
+def load_weights(
+    model: nn.Module, name: str, state_dict: dict[str, torch.Tensor], *, source: str, skip_head: bool = False
+) -> None:
+    """Load weights strictly, naming mismatches; keys of modules the model does not have (aux heads) are dropped.
+
+    With ``skip_head`` the head's keys are dropped too (a new head is being trained), and that is logged.
+    """
+    expected = model.state_dict()
+    top_level = {n for n, _ in model.named_children()}
+    head = head_prefixes(name) if skip_head else ()
+    dropped = [k for k in state_dict if k.split(".", 1)[0] not in top_level or _under(k, head)]
+    weights = {k: v for k, v in state_dict.items() if k not in dropped}
+    wanted = {k for k in expected if not _under(k, head)}
+    missing = sorted(wanted - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    wrong = sorted(k for k in wanted & weights.keys() if tuple(weights[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} of the wrong shape (e.g. {k}: {tuple(weights[k].shape)} vs {tuple(expected[k].shape)})"
+            )
+        raise IncompatibleWeightsError(
+            f"Weights from {source} do not fit architecture {name!r}: " + "; ".join(parts) + "."
+        )
+    if dropped:
+        log.info("Dropped %d keys from %s not used by %s (%s)", len(dropped), source, name, ", ".join(dropped[:4]))
+    model.load_state_dict(weights, strict=not skip_head)

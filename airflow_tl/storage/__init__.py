@@ -1,0 +1,1 @@
+"""Object storage: S3 access with errors that name the URI."""

@@ -1,0 +1,105 @@
+"""Parsing of the URIs airflow-tl accepts: ``s3://``, ``torchvision://`` and ``http(s)://``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from airflow_tl.exceptions import InvalidURIError
+
+# S3 bucket naming rules, simplified: 3-63 chars of lowercase letters, digits, dots and hyphens.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+# torch hub convention: <name>-<hex sha256 prefix>.<ext>; the prefix is what is verified.
+HUB_FILENAME = re.compile(r"^(?P<name>.+?)-(?P<sha>[0-9a-f]{8,64})\.(?P<ext>pth|pt|bin|ckpt|safetensors)$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class S3URI:
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def join(self, *parts: str) -> S3URI:
+        """A URI below this one; this one is treated as a folder."""
+        key = "/".join([self.key.rstrip("/"), *(p.strip("/") for p in parts)]).lstrip("/")
+        return S3URI(self.bucket, key)
+
+    @property
+    def folder_key(self) -> str:
+        """The key as a folder prefix: empty for the bucket root, otherwise ending in '/'."""
+        return self.key.rstrip("/") + "/" if self.key.strip("/") else ""
+
+
+def parse_s3_uri(uri: str, *, what: str = "URI") -> S3URI:
+    """Parse ``s3://bucket/key`` into bucket and key, naming the offending value on error."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InvalidURIError(f"{what} must be an s3:// URI, got {uri!r}.")
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET.match(bucket):
+        raise InvalidURIError(f"{what} {uri!r} has an invalid bucket name {bucket!r}.")
+    if "//" in key or key.startswith("/"):
+        raise InvalidURIError(f"{what} {uri!r} has an empty path segment.")
+    return S3URI(bucket, key)
+
+
+@dataclass(frozen=True)
+class TorchvisionURI:
+    architecture: str
+    weights: str | None  # None: the architecture only, randomly initialised
+
+    def __str__(self) -> str:
+        return f"torchvision://{self.architecture}" + (f"/{self.weights}" if self.weights else "")
+
+
+def parse_torchvision_uri(uri: str) -> TorchvisionURI:
+    """Parse ``torchvision://<arch>/<WEIGHTS>`` (``/<WEIGHTS>`` optional: architecture only)."""
+    rest = uri[len("torchvision://") :].strip("/")
+    arch, _, weights = rest.partition("/")
+    if not _IDENTIFIER.match(arch or "-") or (weights and not _IDENTIFIER.match(weights)):
+        raise InvalidURIError(
+            f"Pretrained URI {uri!r} is not of the form torchvision://<architecture>/<WEIGHTS>, "
+            "e.g. torchvision://resnet18/IMAGENET1K_V1."
+        )
+    return TorchvisionURI(arch, weights or None)
+
+
+@dataclass(frozen=True)
+class HubURL:
+    url: str
+    filename: str
+    name: str
+    sha256_prefix: str
+
+
+def parse_hub_url(uri: str) -> HubURL:
+    """Parse an http(s) URL whose file name follows torch hub's ``name-<sha256 prefix>.pth`` form."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidURIError(f"Pretrained URI {uri!r} is not an http(s) URL.")
+    filename = parts.path.rsplit("/", 1)[-1]
+    match = HUB_FILENAME.match(filename)
+    if not match:
+        raise InvalidURIError(
+            f"Pretrained URL {uri!r} must end in a file named <name>-<sha256 prefix>.pth "
+            "(at least 8 lowercase hex digits), as torch hub publishes them; the hash is what makes it trusted."
+        )
+    return HubURL(uri, filename, match["name"], match["sha"])
+
+
+def source_kind(uri: str) -> str:
+    """Which kind of pretrained source a URI names: 's3', 'torchvision' or 'http'."""
+    if not isinstance(uri, str) or not uri:
+        raise InvalidURIError(f"Pretrained URI must be a non-empty string, got {uri!r}.")
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    kinds = {"s3": "s3", "torchvision": "torchvision", "http": "http", "https": "http"}
+    if scheme not in kinds:
+        raise InvalidURIError(
+            f"Pretrained URI {uri!r} has an unsupported scheme; use s3://<bucket>/<model folder>, "
+            "torchvision://<architecture>/<WEIGHTS> or https://.../<name>-<sha256 prefix>.pth."
+        )
+    return kinds[scheme]
