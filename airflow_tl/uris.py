@@ -58,7 +58,7 @@ class TorchvisionURI:
 
 def parse_torchvision_uri(uri: str) -> TorchvisionURI:
     """Parse ``torchvision://<arch>/<WEIGHTS>`` (``/<WEIGHTS>`` optional: architecture only)."""
-    rest = uri[len("torchvision://") :].strip("/")
+    rest = uri[len("torchvision://") :].rstrip("/") if isinstance(uri, str) and uri.startswith("torchvision://") else ""
     arch, _, weights = rest.partition("/")
     if not _IDENTIFIER.match(arch or "-") or (weights and not _IDENTIFIER.match(weights)):
         raise InvalidURIError(

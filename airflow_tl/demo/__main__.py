@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         sub.add_argument("--seed", type=int, default=0, help="seed for the data split and pretraining (default: 0)")
         sub.add_argument("--force", action="store_true", help="retrain the source model even if it is already seeded")
+        sub.add_argument("--epochs", type=int, default=8, help="pretraining epochs of the source model (default: 8)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr, force=True
@@ -32,14 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         from airflow_tl.demo.seed import seed_demo
         from airflow_tl.hooks.s3 import s3_store
 
-        uris = seed_demo(s3_store(args.aws_conn_id), bucket=args.bucket, seed=args.seed, force=args.force)
+        uris = seed_demo(
+            s3_store(args.aws_conn_id), bucket=args.bucket, seed=args.seed, force=args.force, epochs=args.epochs
+        )
         for name, uri in uris.as_dict().items():
             print(f"{name:15} {uri}")
         return 0
 
     from airflow_tl.demo.runner import run_demo
 
-    return run_demo(aws_conn_id=args.aws_conn_id, bucket=args.bucket, seed=args.seed, force=args.force)
+    return run_demo(
+        aws_conn_id=args.aws_conn_id, bucket=args.bucket, seed=args.seed, force=args.force, epochs=args.epochs
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def _run(command: list[str], log_path: Path, what: str) -> None:
     print(f"  {what}: ok ({time.monotonic() - started:.0f}s, log {log_path})", flush=True)
 
 
-def run_demo(*, aws_conn_id: str, bucket: str, seed: int, force: bool) -> int:
+def run_demo(*, aws_conn_id: str, bucket: str, seed: int, force: bool, epochs: int = 8) -> int:
     home = _prepare_airflow_env()
     logs = home / "demo-logs"
     logs.mkdir(exist_ok=True)
@@ -50,7 +50,8 @@ def run_demo(*, aws_conn_id: str, bucket: str, seed: int, force: bool) -> int:
         airflow = [sys.executable, "-m", "airflow"]
         _run([*airflow, "db", "migrate"], logs / "db-migrate.log", "airflow db migrate")
         seed_cmd = [sys.executable, "-m", "airflow_tl.demo", "seed", "--aws-conn-id", aws_conn_id, "--bucket", bucket]
-        _run([*seed_cmd, "--seed", str(seed), *(["--force"] if force else [])], logs / "seed.log", "seed demo data")
+        seed_cmd += ["--seed", str(seed), "--epochs", str(epochs), *(["--force"] if force else [])]
+        _run(seed_cmd, logs / "seed.log", "seed demo data")
         for dag_id in DEMO_DAGS:
             command = [*airflow, "dags", "test", dag_id]
             _run(command, logs / f"{dag_id}.log", f"airflow dags test {dag_id}")
@@ -62,6 +63,7 @@ def run_demo(*, aws_conn_id: str, bucket: str, seed: int, force: bool) -> int:
 
 
 def _report(aws_conn_id: str, bucket: str) -> None:
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # the report, not Airflow's start-up chatter
     from airflow_tl.demo.seed import DemoURIs
     from airflow_tl.hooks.s3 import s3_store
     from airflow_tl.models.folder import CARD_FILE, read_card

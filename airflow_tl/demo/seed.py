@@ -63,15 +63,17 @@ def upload_dataset(store: S3Store, images, uri: str, threads: int = 16) -> int:
     return len(images)
 
 
-def _seeded_model_exists(store: S3Store, uri: str, seed: int) -> bool:
+def _seeded_model_exists(store: S3Store, uri: str, seed: int, epochs: int) -> bool:
     try:
         card = read_card(store, uri)
     except AirflowTLError:
         return False
-    return card.lineage.get("demo_seed") == {"version": SEED_VERSION, "seed": seed}
+    return card.lineage.get("demo_seed") == {"version": SEED_VERSION, "seed": seed, "epochs": epochs}
 
 
-def seed_demo(store: S3Store, *, bucket: str = DEMO_BUCKET, seed: int = 0, force: bool = False) -> DemoURIs:
+def seed_demo(
+    store: S3Store, *, bucket: str = DEMO_BUCKET, seed: int = 0, force: bool = False, epochs: int = 8
+) -> DemoURIs:
     """Upload both digit datasets and publish the pretrained source model (skipped when already there)."""
     from airflow_tl.demo.source_model import ARCHITECTURE, DIGITS_INPUT, pretrain
 
@@ -85,13 +87,13 @@ def seed_demo(store: S3Store, *, bucket: str = DEMO_BUCKET, seed: int = 0, force
         count = upload_dataset(store, images, uri)
         log.info("Uploaded %d images of digits %s to %s", count, "".join(classes), uri)
 
-    if not force and _seeded_model_exists(store, uris.source_model, seed):
+    if not force and _seeded_model_exists(store, uris.source_model, seed, epochs):
         log.info("Source model %s is already seeded; pass --force to retrain it", uris.source_model)
         return uris
     log.info(
         "Pretraining %s on digits %s (the source task)", ARCHITECTURE, "–".join((SOURCE_CLASSES[0], SOURCE_CLASSES[-1]))
     )
-    model, info = pretrain(source_images, SOURCE_CLASSES, seed=seed)
+    model, info = pretrain(source_images, SOURCE_CLASSES, seed=seed, epochs=epochs)
     card = ModelCard(
         architecture=ARCHITECTURE,
         class_names=list(SOURCE_CLASSES),
@@ -101,7 +103,7 @@ def seed_demo(store: S3Store, *, bucket: str = DEMO_BUCKET, seed: int = 0, force
         lineage={
             "source": "sklearn.datasets.load_digits (digits 0-4)",
             "init": "random",
-            "demo_seed": {"version": SEED_VERSION, "seed": seed},
+            "demo_seed": {"version": SEED_VERSION, "seed": seed, "epochs": epochs},
         },
         training={"task": "digits 0-4", "epochs": info["epochs"], "optimizer": "AdamW", "seed": seed},
         history=info["history"],

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 # botocore's "standard" mode retries throttling, transient 5xx and connection errors with
 # exponential back-off. A connection's own ``config_kwargs`` extra overrides these.
-DEFAULT_RETRIES = {"mode": "standard", "max_attempts": 8}
+DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 8}
 
 
 def s3_store(aws_conn_id: str | None = "aws_default") -> S3Store:

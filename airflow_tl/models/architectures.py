@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -91,13 +92,31 @@ def _features_blocks(model: nn.Module, head: set[str]) -> list[Block]:
 
 
 def _generic_blocks(model: nn.Module, head: set[str]) -> list[Block]:
-    """One block per top-level child that holds parameters or buffers other than the head's."""
-    blocks = []
-    for child, module in model.named_children():
-        owned = [n for n, _ in [*module.named_parameters(), *module.named_buffers()]]
-        if any(not _under(f"{child}.{n}", head) for n in owned):
-            blocks.append(Block(child, [child]))
+    """One block per top-level child that holds state other than the head's.
+
+    A child that contains the head (VGG's ``classifier``) keeps only its non-head parts, and tensors
+    held by the model itself (ViT's ``class_token``) join the first block, next to the input.
+    """
+    blocks = [Block(child, _prefixes_outside(module, child, head)) for child, module in model.named_children()]
+    blocks = [b for b in blocks if b.prefixes]
+    direct = [n for n, _ in [*model.named_parameters(recurse=False), *model.named_buffers(recurse=False)]]
+    if blocks and direct:
+        blocks[0].prefixes += direct
     return blocks
+
+
+def _prefixes_outside(module: nn.Module, path: str, head: set[str]) -> list[str]:
+    """Prefixes covering the state under ``path`` except the head's; [] when there is none."""
+    if not _has_state(module) or path in head:
+        return []
+    if not any(h.startswith(path + ".") for h in head):
+        return [path]
+    own = [f"{path}.{n}" for n, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
+    return own + [p for n, child in module.named_children() for p in _prefixes_outside(child, f"{path}.{n}", head)]
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def _under(name: str, prefixes: set[str] | list[str] | tuple[str, ...]) -> bool:
@@ -143,7 +162,7 @@ def load_weights(
     With ``skip_head`` the head's keys are dropped too (a new head is being trained), and that is logged.
     """
     expected = model.state_dict()
-    top_level = {n for n, _ in model.named_children()}
+    top_level = {k.split(".", 1)[0] for k in expected}
     head = head_prefixes(name) if skip_head else ()
     dropped = [k for k in state_dict if k.split(".", 1)[0] not in top_level or _under(k, head)]
     weights = {k: v for k, v in state_dict.items() if k not in dropped}
@@ -167,4 +186,8 @@ def load_weights(
         )
     if dropped:
         log.info("Dropped %d keys from %s not used by %s (%s)", len(dropped), source, name, ", ".join(dropped[:4]))
+    # Modules such as MNASNet check the format version recorded in the state dict's metadata; the
+    # weights were validated against this very model, so its own metadata is the right one.
+    weights = OrderedDict(weights)
+    weights._metadata = getattr(expected, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(weights, strict=not skip_head)

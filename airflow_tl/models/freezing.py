@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from airflow_tl.exceptions import InvalidArgumentError
@@ -13,22 +15,21 @@ def resolve_freeze_layers(value: int | str, blocks: list[Block]) -> int:
     n = len(blocks)
     if value == "all":
         return n
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+    count = int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()) else value
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= n:
         names = ", ".join(b.name for b in blocks)
         raise InvalidArgumentError(
             f"Argument freeze_layers accepts only 0…{n} or 'all' for this model, whose {n} blocks are: {names}. "
             f"Provided value: {value!r}."
         )
-    return value
+    return count
 
 
 def freeze_first(model: nn.Module, blocks: list[Block], k: int) -> list[str]:
-    """Stop gradients for every parameter in the first k blocks; returns the frozen module prefixes."""
+    """Stop gradients for every parameter in the first k blocks; returns the frozen prefixes."""
     frozen = [prefix for block in blocks[:k] for prefix in block.prefixes]
-    for prefix in frozen:
-        for param in model.get_submodule(prefix).parameters():
+    for name, param in model.named_parameters():
+        if any(name == p or name.startswith(p + ".") for p in frozen):
             param.requires_grad_(False)
     return frozen
 
@@ -36,8 +37,10 @@ def freeze_first(model: nn.Module, blocks: list[Block], k: int) -> list[str]:
 def train_mode(model: nn.Module, frozen: list[str]) -> nn.Module:
     """``model.train()``, except frozen modules stay in eval mode so BatchNorm keeps its running statistics."""
     model.train()
+    modules = dict(model.named_modules())
     for prefix in frozen:
-        model.get_submodule(prefix).eval()
+        if prefix in modules:  # a prefix may also name a bare parameter (ViT's class_token)
+            modules[prefix].eval()
     return model
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from airflow_tl.exceptions import IncompatibleWeightsError, UnsafeCheckpointError
+
+# How torch's weights_only unpickler reports an object it will not construct.
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (?P<name>[\w.]+)")
+# torch's messages carry terminal escapes and advice to turn weights_only off, which we never follow.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Checkpoints often wrap the state dict in a training-state dict under one of these keys.
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
@@ -25,14 +30,15 @@ def load_checkpoint(path: str, *, source: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UnsafeCheckpointError(
-            f"Refusing to load {source}: it holds objects other than tensors, and loading it would run their "
-            f"pickled code ({first_line}). Only plain weights are accepted "
-            "(torch.save of a state_dict, or safetensors)."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise IncompatibleWeightsError(f"{source} is not a readable PyTorch checkpoint: {err}.") from err
+        needs = _UNSAFE_GLOBAL.search(str(err))
+        if needs:
+            raise UnsafeCheckpointError(
+                f"Refusing to load {source}: it needs the Python object {needs['name']}, and unpickling it could run "
+                "arbitrary code. Only plain weights are accepted (torch.save of a state_dict, or safetensors)."
+            ) from err
+        raise IncompatibleWeightsError(f"{source} is not a readable PyTorch checkpoint ({_reason(err)}).") from err
+    except Exception as err:  # torch's unpickler fails on non-checkpoints with all kinds of errors
+        raise IncompatibleWeightsError(f"{source} is not a readable PyTorch checkpoint ({_reason(err)}).") from err
     return _flatten(obj, source)
 
 
@@ -59,3 +65,11 @@ def _is_state_dict(obj: object) -> bool:
         and bool(obj)
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
+
+
+def _reason(err: Exception) -> str:
+    text = _ANSI.sub("", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:  # keep torch's actual finding, not its boilerplate
+        lines = [line for line in lines if line.startswith(("Unsupported", "Invalid", "invalid"))] or lines[-1:]
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,160 @@
+"""Test session: a private AIRFLOW_HOME with SQLite, and a moto S3 server on 127.0.0.1 reached over HTTP.
+
+The environment is set before anything imports Airflow, so no test can touch a real Airflow
+home or real AWS credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = Path(tempfile.mkdtemp(prefix="airflow-tl-tests-"))
+DAGS = HOME / "dags"
+FAILURES = HOME / "failures.jsonl"
+
+for _var in [v for v in os.environ if v.startswith(("AWS_", "AIRFLOW_CONN_", "AIRFLOW__"))]:
+    del os.environ[_var]
+os.environ.update(
+    AIRFLOW_HOME=str(HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME / 'airflow.db'}",
+    AIRFLOW_TL_TEST_FAILURES=str(FAILURES),
+    # Credentials of the local endpoint only; a stray call to real AWS fails authentication.
+    AWS_ACCESS_KEY_ID="airflow-tl-local",
+    AWS_SECRET_ACCESS_KEY="airflow-tl-local",
+    AWS_DEFAULT_REGION="us-east-1",
+)
+DAGS.mkdir()
+for _dag_file in [*(ROOT / "dags").glob("*.py"), *(ROOT / "tests" / "dags").glob("*.py")]:
+    shutil.copy(_dag_file, DAGS / _dag_file.name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_s3():
+    """A moto S3 server in its own process; the ``aws_default`` connection points at it."""
+    from airflow_tl.demo.local_s3 import start_local_s3
+
+    server = start_local_s3()
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = server.connection_uri()
+    yield server
+    server.stop()
+    del os.environ["AIRFLOW_CONN_AWS_DEFAULT"]
+
+
+@pytest.fixture
+def store(local_s3):
+    """An S3Store built the production way: Airflow connection -> S3Hook -> boto3 over HTTP."""
+    from airflow_tl.hooks.s3 import s3_store
+
+    return s3_store("aws_default")
+
+
+@pytest.fixture
+def bucket(store) -> str:
+    """A fresh, empty bucket per test, so tests never see each other's objects."""
+    name = f"tl-test-{uuid.uuid4().hex[:12]}"
+    store.ensure_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ)
+
+
+@dataclass
+class DagRunResult:
+    state: str
+    run_id: str
+    task_states: dict[str, str]
+    xcoms: dict[str, Any]
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def failure(self, task_id: str) -> dict[str, str]:
+        return next(f for f in self.failures if f["task_id"] == task_id)
+
+
+@pytest.fixture(scope="session")
+def run_dag(airflow_db, local_s3):
+    """Run a DAG from the test DAG folder with ``dag.test()`` and collect states, XComs and failures."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    def run(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
+        # Parsed afresh each time, as a worker would: an in-process run leaves its conf in the DAG's params.
+        bag = DagBag(dag_folder=str(DAGS))
+        assert not bag.import_errors, bag.import_errors
+        FAILURES.unlink(missing_ok=True)
+        dag_run = bag.get_dag(dag_id).test(run_conf=conf or {})
+        with create_session() as session:
+            tis = dag_run.get_task_instances(session=session)
+            states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
+            rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_id, key="return_value"))
+            xcoms = {row.task_id: XComModel.deserialize_value(row) for row in rows}
+        failures = [json.loads(line) for line in FAILURES.read_text().splitlines()] if FAILURES.exists() else []
+        state = dag_run.state.value if hasattr(dag_run.state, "value") else str(dag_run.state)
+        return DagRunResult(state, dag_run.run_id, states, xcoms, failures)
+
+    return run
+
+
+class _Files:
+    """What the loopback HTTP server serves, and how it misbehaves."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.fail_next: list[int] = []  # HTTP status codes to answer with before serving normally
+        self.requests: list[str] = []
+
+
+@pytest.fixture
+def http_server():
+    """A loopback HTTP server standing in for download.pytorch.org or a model hub."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = _Files()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            served.requests.append(self.path)
+            if served.fail_next:
+                self.send_error(served.fail_next.pop(0))
+                return
+            body = served.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    served.base_url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    yield served
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,47 @@
+"""Small builders shared by the integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import torch
+
+from airflow_tl.models.architectures import build_model, describe_blocks, head_prefixes
+from airflow_tl.models.card import InputSpec, ModelCard
+from airflow_tl.models.folder import save_model_folder
+
+SMALL_INPUT = InputSpec(crop_size=32, resize_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+
+
+def random_state_dict(arch: str = "resnet18", num_classes: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_model(arch, num_classes).state_dict()
+
+
+def publish_model(
+    store, uri: str, arch: str = "resnet18", classes: list[str] | None = None, seed: int = 0
+) -> ModelCard:
+    """A model folder with random weights, as a model zoo would hold it."""
+    classes = classes or ["a", "b", "c", "d", "e"]
+    card = ModelCard(
+        architecture=arch,
+        class_names=classes,
+        input=SMALL_INPUT,
+        blocks=describe_blocks(arch),
+        head=list(head_prefixes(arch)),
+        lineage={"source": "tests"},
+    )
+    return save_model_folder(store, uri, random_state_dict(arch, len(classes), seed), card)
+
+
+def hub_file(state_dict: dict, name: str = "resnet18") -> tuple[str, bytes]:
+    """A checkpoint named as torch hub publishes it: ``<name>-<sha256 prefix>.pth``."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    data = buffer.getvalue()
+    return f"{name}-{hashlib.sha256(data).hexdigest()[:10]}.pth", data
+
+
+def keys_under(store, uri: str) -> list[str]:
+    return [o.key for o in store.list(uri)]

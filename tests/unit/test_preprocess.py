@@ -1,0 +1,131 @@
+"""Images become tensors the same way everywhere: mode, resize, centre crop, normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from airflow_tl.data.preprocess import preprocess, to_model_mode
+from airflow_tl.models.card import InputSpec
+
+SPEC = InputSpec(crop_size=8, resize_size=10, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.1])
+
+
+def normalised(rgb: tuple[int, int, int], spec: InputSpec = SPEC) -> torch.Tensor:
+    """The (3,) vector a pixel of this colour must become."""
+    return torch.tensor([(c / 255 - m) / s for c, m, s in zip(rgb, spec.mean, spec.std, strict=True)])
+
+
+def assert_uniform(tensor: torch.Tensor, rgb: tuple[int, int, int], spec: InputSpec = SPEC) -> None:
+    expected = normalised(rgb, spec)[:, None, None].expand_as(tensor)
+    torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-5)
+
+
+def palette_image(size: tuple[int, int], index: int, *, transparent: int | None = None) -> Image.Image:
+    image = Image.new("P", size, index)
+    image.putpalette([0, 0, 0, 200, 100, 50, 10, 20, 30] + [0] * (256 * 3 - 9))
+    if transparent is not None:
+        image.info["transparency"] = transparent
+    return image
+
+
+@pytest.mark.parametrize(
+    ("image", "rgb"),
+    [
+        (Image.new("L", (20, 30), 77), (77, 77, 77)),
+        (Image.new("RGB", (30, 20), (200, 100, 50)), (200, 100, 50)),
+        (Image.new("RGBA", (16, 16), (200, 100, 50, 255)), (200, 100, 50)),
+        (Image.new("RGBA", (16, 16), (12, 34, 56, 0)), (255, 255, 255)),  # transparent: white, not its colour
+        (Image.new("LA", (16, 16), (90, 0)), (255, 255, 255)),
+        (Image.new("LA", (16, 16), (90, 255)), (90, 90, 90)),
+        (palette_image((24, 12), 1), (200, 100, 50)),
+        (palette_image((24, 12), 2, transparent=2), (255, 255, 255)),
+        (palette_image((24, 12), 1, transparent=2), (200, 100, 50)),
+    ],
+    ids=["L", "RGB", "RGBA-opaque", "RGBA-transparent", "LA-transparent", "LA-opaque", "P", "P-transparent",
+         "P-other-transparent"],
+)  # fmt: skip
+def test_every_mode_becomes_a_normalised_rgb_tensor(image: Image.Image, rgb: tuple[int, int, int]) -> None:
+    tensor = preprocess(image, SPEC)
+    assert tensor.shape == (3, 8, 8)
+    assert tensor.dtype == torch.float32
+    assert_uniform(tensor, rgb)
+
+
+def test_half_transparent_pixels_are_blended_with_white() -> None:
+    tensor = preprocess(Image.new("RGBA", (16, 16), (0, 0, 0, 128)), SPEC)
+    assert_uniform(tensor, (127, 127, 127))
+
+
+def test_one_channel_spec() -> None:
+    spec = InputSpec(crop_size=4, resize_size=4, mean=[0.5], std=[0.5], channels=1)
+    tensor = preprocess(Image.new("RGB", (6, 6), (255, 255, 255)), spec)
+    assert tensor.shape == (1, 4, 4)
+    assert torch.equal(tensor, torch.ones(1, 4, 4))
+
+
+@pytest.mark.parametrize(
+    ("mode", "channels", "out"), [("RGBA", 3, "RGB"), ("P", 3, "RGB"), ("L", 3, "RGB"), ("RGB", 1, "L"), ("LA", 1, "L")]
+)
+def test_to_model_mode(mode: str, channels: int, out: str) -> None:
+    assert to_model_mode(Image.new(mode, (2, 2)), channels).mode == out
+
+
+def striped(width: int, height: int) -> Image.Image:
+    """Red, green and blue vertical thirds."""
+    image = Image.new("RGB", (width, height), (0, 255, 0))
+    image.paste((255, 0, 0), (0, 0, width // 3, height))
+    image.paste((0, 0, 255), (2 * width // 3, 0, width, height))
+    return image
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic"])
+def test_resize_short_side_then_centre_crop(interpolation: str) -> None:
+    # 90x30 -> short side 10 -> 30x10 -> centre 8x8 lies within the green middle third (columns 10..19).
+    spec = InputSpec(crop_size=8, resize_size=10, mean=[0.0] * 3, std=[1.0] * 3, interpolation=interpolation)
+    tensor = preprocess(striped(90, 30), spec)
+    assert tensor.shape == (3, 8, 8)
+    assert_uniform(tensor, (0, 255, 0), spec)
+
+
+def test_portrait_image_is_cropped_vertically() -> None:
+    spec = InputSpec(crop_size=8, resize_size=10, mean=[0.0] * 3, std=[1.0] * 3)
+    tensor = preprocess(striped(90, 30).rotate(90, expand=True), spec)  # 30x90: stripes now horizontal
+    assert tensor.shape == (3, 8, 8)
+    assert_uniform(tensor, (0, 255, 0), spec)
+
+
+def test_resize_keeps_the_aspect_ratio() -> None:
+    # Only the short side is resized: with crop == resize the crop keeps the middle of a 30x10 image,
+    # so the outer thirds must not appear. A squashing resize would show red and blue at the edges.
+    spec = InputSpec(crop_size=10, resize_size=10, mean=[0.0] * 3, std=[1.0] * 3, interpolation="nearest")
+    tensor = preprocess(striped(90, 30), spec)
+    assert tensor.shape == (3, 10, 10)
+    assert_uniform(tensor, (0, 255, 0), spec)
+
+
+def test_output_follows_the_image_content() -> None:
+    spec = InputSpec(crop_size=4, resize_size=4, mean=[0.0] * 3, std=[1.0] * 3, interpolation="nearest")
+    image = Image.new("L", (4, 4), 0)
+    image.putpixel((3, 0), 255)
+    tensor = preprocess(image, spec)
+    assert tensor[:, 0, 3].tolist() == [1.0, 1.0, 1.0]
+    assert tensor.sum().item() == 3.0
+
+
+def test_output_is_deterministic() -> None:
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (37, 53, 3), dtype=torch.uint8, generator=generator).numpy()
+    image = Image.fromarray(pixels, "RGB")
+    spec = InputSpec(crop_size=16, resize_size=20)
+    first = preprocess(image, spec)
+    assert torch.equal(first, preprocess(image.copy(), spec))
+    assert torch.equal(first, preprocess(Image.fromarray(pixels.copy(), "RGB"), spec))
+    assert first.std() > 0.1  # not a constant image
+
+
+def test_input_image_is_not_modified() -> None:
+    image = Image.new("RGBA", (12, 12), (1, 2, 3, 0))
+    preprocess(image, SPEC)
+    assert image.mode == "RGBA" and image.size == (12, 12) and image.getpixel((0, 0)) == (1, 2, 3, 0)
