@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REPEAT = 5
+REPEAT = 9
 
 _TIMED = """
 import sys, time
