@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 # botocore's "standard" mode retries throttling, transient 5xx and connection errors with
 # exponential back-off. A connection's own ``config_kwargs`` extra overrides these.
 DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 8}
+# Image loading issues parallel GETs; more threads than pooled connections would reconnect constantly.
+MAX_POOL = 32
 
 
 def s3_store(aws_conn_id: str | None = "aws_default") -> S3Store:
@@ -20,7 +22,7 @@ def s3_store(aws_conn_id: str | None = "aws_default") -> S3Store:
     from airflow_tl.storage.s3 import S3Store
 
     connection_config = S3Hook(aws_conn_id=aws_conn_id).conn_config.botocore_config
-    config = Config(retries=DEFAULT_RETRIES)
+    config = Config(retries=DEFAULT_RETRIES, max_pool_connections=MAX_POOL)
     if connection_config is not None:
         config = config.merge(connection_config)
     return S3Store(S3Hook(aws_conn_id=aws_conn_id, config=config).get_conn())

@@ -6,6 +6,7 @@ writer that dies half-way leaves something every reader rejects, never something
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -113,8 +114,6 @@ def instantiate(card: ModelCard, state_dict: dict[str, torch.Tensor] | None, *, 
 
 
 def _sha256_file(path: str) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

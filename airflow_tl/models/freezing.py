@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from airflow_tl.exceptions import InvalidArgumentError
@@ -47,3 +48,25 @@ def train_mode(model: nn.Module, frozen: list[str]) -> nn.Module:
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters an optimizer should see: frozen ones get no optimizer state at all."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def without_autograd(model: nn.Module, frozen: list[str]) -> list:
+    """Run frozen modules with autograd off: they are the input side of the network, so nothing upstream
+    needs their graph, and their activations need not be kept for a backward pass. Returns the hook handles."""
+    modules = dict(model.named_modules())
+    handles = []
+    for prefix in frozen:
+        module = modules.get(prefix)
+        if module is None:
+            continue
+        saved: list[bool] = []
+
+        def before(_module, _args, saved=saved):
+            saved.append(torch.is_grad_enabled())
+            torch.set_grad_enabled(False)
+
+        def after(_module, _args, _output, saved=saved):
+            torch.set_grad_enabled(saved.pop())
+
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    return handles

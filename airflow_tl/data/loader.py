@@ -1,0 +1,146 @@
+"""Streaming batches of images from S3: parallel GETs, decoding, preprocessing, bounded memory.
+
+At most ``window`` images are in flight or waiting at any time, so memory does not grow with the
+dataset. Encoded bytes may be kept between epochs up to ``cache_bytes`` to spare repeated GETs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from airflow_tl.data.dataset import DatasetError, ImageDataset, ImageItem
+from airflow_tl.data.preprocess import preprocess
+from airflow_tl.models.card import InputSpec
+from airflow_tl.storage.s3 import S3Store
+
+log = logging.getLogger(__name__)
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
+
+
+class CorruptImagesError(DatasetError):
+    """Images that cannot be decoded; the message lists their keys."""
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    keys: list[str]
+
+
+@dataclass
+class StreamStats:
+    images: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+class ImageStream:
+    """Batches of one split of an ``ImageDataset``, preprocessed as the model card says."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        dataset: ImageDataset,
+        spec: InputSpec,
+        *,
+        batch_size: int = 64,
+        threads: int = 16,
+        skip_corrupt: bool = False,
+        cache_bytes: int = 0,
+    ) -> None:
+        self.store = store
+        self.dataset = dataset
+        self.spec = spec
+        self.batch_size = batch_size
+        self.threads = threads
+        self.skip_corrupt = skip_corrupt
+        self.cache_bytes = cache_bytes
+        self._cache: dict[str, bytes] = {}
+        self._cached = 0
+        self.skipped: set[str] = set()  # corrupt keys skipped so far, over all passes
+
+    def batches(
+        self, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, augment: bool = False
+    ) -> Iterator[Batch]:
+        """One pass over a split. Raises CorruptImagesError at the end when images failed to decode."""
+        items = self.dataset.split(split)
+        if shuffle:
+            random.Random(f"{seed}:{epoch}").shuffle(items)
+        stats = StreamStats()
+        window = max(2 * self.batch_size, 4 * self.threads)
+        pending: deque[tuple[ImageItem, Future]] = deque()
+        xs: list[torch.Tensor] = []
+        ys: list[int] = []
+        keys: list[str] = []
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="airflow-tl-images") as pool:
+            queue = iter(items)
+            for item in queue:
+                pending.append((item, pool.submit(self._load, item, seed, epoch, augment)))
+                if len(pending) >= window:
+                    break
+            while pending:
+                item, future = pending.popleft()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(self._load, nxt, seed, epoch, augment)))
+                tensor, size = future.result()
+                stats.bytes_read += size
+                if tensor is None:
+                    stats.corrupt.append(item.key)
+                    continue
+                stats.images += 1
+                xs.append(tensor)
+                ys.append(item.label)
+                keys.append(item.key)
+                if len(xs) == self.batch_size:
+                    yield Batch(torch.stack(xs), torch.tensor(ys), keys)
+                    xs, ys, keys = [], [], []
+        if xs:
+            yield Batch(torch.stack(xs), torch.tensor(ys), keys)
+        self._finish(split, stats)
+
+    def _finish(self, split: str, stats: StreamStats) -> None:
+        if not stats.corrupt:
+            return
+        if not self.skip_corrupt:
+            shown = ", ".join(f"s3://{self.dataset.bucket}/{k}" for k in stats.corrupt[:20])
+            more = f" and {len(stats.corrupt) - 20} more" if len(stats.corrupt) > 20 else ""
+            raise CorruptImagesError(
+                f"Dataset {self.dataset.uri}: {len(stats.corrupt)} {split} images cannot be decoded: {shown}{more}. "
+                "Fix or remove them, or set skip_corrupt=True to leave them out."
+            )
+        new = set(stats.corrupt) - self.skipped
+        self.skipped |= new
+        if new:
+            log.warning(
+                "Skipped %d corrupt %s images of %s (e.g. %s)", len(new), split, self.dataset.uri, stats.corrupt[0]
+            )
+
+    def _load(self, item: ImageItem, seed: int, epoch: int, augment: bool) -> tuple[torch.Tensor | None, int]:
+        data = self._cache.get(item.key)
+        if data is None:
+            data = self.store.get_bytes(f"s3://{self.dataset.bucket}/{item.key}")
+            if self._cached + len(data) <= self.cache_bytes:
+                self._cache[item.key] = data
+                self._cached += len(data)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                image.load()
+        except (*_DECODE_ERRORS, Image.DecompressionBombWarning):
+            return None, len(data)
+        rng = random.Random(f"{seed}:{epoch}:{item.key}") if augment else None
+        return preprocess(image, self.spec, augment=rng), len(data)

@@ -1,0 +1,1 @@
+"""Features of a frozen pretrained network, cached in S3 by content."""

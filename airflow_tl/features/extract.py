@@ -1,0 +1,171 @@
+"""Extract features over train/val/test into safetensors shards, cached under a content key.
+
+The key covers the weights (sha256), the dataset listing (keys, ETags, split, classes) and the
+preprocessing, so any change recomputes and nothing else does. ``index.json`` is written last: a
+cache folder without it is incomplete and is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from safetensors.torch import load, save
+
+from airflow_tl.data.dataset import SPLITS, ImageDataset
+from airflow_tl.data.loader import ImageStream
+from airflow_tl.exceptions import AirflowTLError, IntegrityError, InvalidArgumentError
+from airflow_tl.features.backbone import as_feature_extractor
+from airflow_tl.models.card import ModelCard
+from airflow_tl.models.folder import instantiate, load_model_folder, read_card
+from airflow_tl.storage.s3 import S3Store
+from airflow_tl.uris import parse_s3_uri
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FeatureResult:
+    uri: str
+    cache_hit: bool
+    counts: dict[str, int]
+    feature_dim: int
+    forward_passes: int = 0
+    images_per_s: float | None = None
+    skipped_corrupt: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["skipped_corrupt"] = len(self.skipped_corrupt)
+        return data
+
+
+def cache_key(card: ModelCard, dataset: ImageDataset, *, skip_corrupt: bool) -> str:
+    payload = {
+        "format": FORMAT_VERSION,
+        "weights_sha256": card.weights_sha256,
+        "architecture": card.architecture,
+        "head": card.head,
+        "input": asdict(card.input),
+        "dataset": dataset.fingerprint(),
+        "skip_corrupt": skip_corrupt,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def extract_features(
+    store: S3Store,
+    *,
+    model_uri: str,
+    dataset: ImageDataset,
+    features_root: str,
+    batch_size: int = 64,
+    threads: int = 16,
+    skip_corrupt: bool = False,
+    shard_rows: int = 8192,
+) -> FeatureResult:
+    """Features of every image under ``<features_root>/<cache key>/``, computed only when not cached."""
+    card = read_card(store, model_uri)
+    folder = parse_s3_uri(features_root, what="features_root").join(cache_key(card, dataset, skip_corrupt=skip_corrupt))
+    cached = _read_index(store, str(folder))
+    if cached is not None:
+        log.info("Feature cache hit: %s already holds these features; no forward pass needed", folder)
+        return FeatureResult(
+            str(folder), True, cached["counts"], cached["feature_dim"], 0, None, cached["skipped_corrupt"]
+        )
+
+    state_dict, card = load_model_folder(store, model_uri)
+    model, dim = as_feature_extractor(instantiate(card, state_dict, source=model_uri), card.architecture)
+    stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
+    log.info(
+        "Feature cache miss: extracting %d-dim features of %s with %s into %s", dim, dataset.uri, model_uri, folder
+    )
+    shards: dict[str, list[dict]] = {}
+    counts: dict[str, int] = {}
+    passes, images, started = 0, 0, time.monotonic()
+    for split in SPLITS:
+        shards[split], counts[split] = [], 0
+        rows: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        for batch in stream.batches(split):
+            with torch.inference_mode():
+                rows.append(model(batch.x).float())
+            labels.append(batch.y)
+            passes += 1
+            counts[split] += len(batch.y)
+            if sum(len(r) for r in rows) >= shard_rows:
+                shards[split].append(_write_shard(store, str(folder), split, len(shards[split]), rows, labels))
+                rows, labels = [], []
+        if rows:
+            shards[split].append(_write_shard(store, str(folder), split, len(shards[split]), rows, labels))
+        images += counts[split]
+        log.info(
+            "Extracted %d %s features (%.0f images/s so far)",
+            counts[split],
+            split,
+            images / (time.monotonic() - started),
+        )
+    rate = images / max(time.monotonic() - started, 1e-9)
+    index = {
+        "format_version": FORMAT_VERSION,
+        "model_uri": model_uri,
+        "weights_sha256": card.weights_sha256,
+        "architecture": card.architecture,
+        "feature_dim": dim,
+        "class_names": dataset.class_names,
+        "dataset_uri": dataset.uri,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "input": asdict(card.input),
+        "counts": counts,
+        "shards": shards,
+        "skipped_corrupt": sorted(stream.skipped),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    store.put_bytes(folder.join(INDEX_FILE), json.dumps(index, indent=2).encode(), content_type="application/json")
+    return FeatureResult(str(folder), False, counts, dim, passes, round(rate, 1), sorted(stream.skipped))
+
+
+def _write_shard(store: S3Store, folder: str, split: str, number: int, rows, labels) -> dict:
+    data = save({"features": torch.cat(rows).contiguous(), "labels": torch.cat(labels).contiguous()})
+    name = f"{split}-{number:05d}.safetensors"
+    store.put_bytes(f"{folder}/{name}", data)
+    return {"file": name, "rows": sum(len(r) for r in rows), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _read_index(store: S3Store, folder: str) -> dict | None:
+    try:
+        index = json.loads(store.get_bytes(f"{folder}/{INDEX_FILE}"))
+    except AirflowTLError:
+        return None
+    return index if index.get("format_version") == FORMAT_VERSION else None
+
+
+def read_features_index(store: S3Store, features_uri: str) -> dict:
+    """The index of a complete features folder, or a clear error."""
+    index = _read_index(store, features_uri.rstrip("/"))
+    if index is None:
+        raise InvalidArgumentError(f"{features_uri} is not a complete features folder (no {INDEX_FILE}).")
+    return index
+
+
+def load_split(store: S3Store, features_uri: str, index: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of one split, each shard checked against its sha256."""
+    xs, ys = [torch.empty(0, index["feature_dim"])], [torch.empty(0, dtype=torch.long)]
+    for shard in index["shards"].get(split, []):
+        uri = f"{features_uri.rstrip('/')}/{shard['file']}"
+        data = store.get_bytes(uri)
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise IntegrityError(f"sha256 mismatch for features shard {uri}; the features folder was modified.")
+        tensors = load(data)
+        xs.append(tensors["features"])
+        ys.append(tensors["labels"])
+    return torch.cat(xs), torch.cat(ys)

@@ -1,0 +1,230 @@
+"""One training job, start to finish: the plain-Python core of FreezeAndTrainOperator.
+
+Two paths share the epoch loop. With a features URI and ``freeze_layers="all"`` only a new linear
+head is trained, on cached features: the backbone is never built or run. Otherwise images are
+streamed from S3 through the network with its first ``freeze_layers`` blocks frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from airflow_tl.data.dataset import class_mapping, list_dataset
+from airflow_tl.data.loader import ImageStream
+from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
+from airflow_tl.features.extract import load_split, read_features_index
+from airflow_tl.models.architectures import build_model, load_weights
+from airflow_tl.models.card import ModelCard
+from airflow_tl.models.folder import WEIGHTS_FILE, load_model_folder, read_card, save_model_folder
+from airflow_tl.models.freezing import freeze_first, resolve_freeze_layers, without_autograd
+from airflow_tl.storage.s3 import S3Store
+from airflow_tl.training.checkpoint import CheckpointStore
+from airflow_tl.training.config import TrainConfig
+from airflow_tl.training.engine import FitResult, fit
+from airflow_tl.training.sources import ImageBatches, TensorBatches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_uri: str
+    card: ModelCard
+    fit: FitResult
+    trainable_params: int
+    total_params: int
+    skipped_corrupt: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_uri": self.model_uri,
+            "epochs_run": len(self.fit.history),
+            "best_epoch": self.fit.best_epoch,
+            "val_loss": self.fit.best["val_loss"],
+            "val_accuracy": self.fit.best["val_accuracy"],
+            "stopped_early": self.fit.stopped_early,
+            "resumed_from_epoch": self.fit.resumed_from,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "train_seconds": round(self.fit.seconds, 1),
+            "freeze_layers": self.card.training["freeze_layers"] if self.card.training else None,
+            "skipped_corrupt": self.skipped_corrupt,
+        }
+
+
+def train(
+    store: S3Store,
+    *,
+    model_uri: str,
+    config: TrainConfig,
+    output_uri: str,
+    checkpoint_uri: str | None,
+    dataset_uri: str | None = None,
+    features_uri: str | None = None,
+    reset_head: bool | str = "auto",
+    skip_corrupt: bool = False,
+    threads: int = 16,
+    cache_bytes: int = 512 * 2**20,
+) -> TrainResult:
+    if reset_head not in ("auto", True, False):
+        raise InvalidArgumentError(
+            f"Argument reset_head accepts only 'auto', True and False. Provided value: {reset_head!r}."
+        )
+    checkpoints = CheckpointStore(store, checkpoint_uri) if checkpoint_uri else None
+    if features_uri:
+        if config.freeze_layers != "all":
+            raise InvalidArgumentError(
+                f"A features_uri trains the head alone, which needs freeze_layers='all'; got {config.freeze_layers!r}."
+            )
+        return _train_head_on_features(store, model_uri, features_uri, config, output_uri, checkpoints)
+    if not dataset_uri:
+        raise InvalidArgumentError("Give dataset_uri (images) or, with freeze_layers='all', features_uri.")
+    return _train_on_images(
+        store, model_uri, dataset_uri, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
+    )
+
+
+def _train_on_images(
+    store, model_uri, dataset_uri, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
+) -> TrainResult:
+    dataset = list_dataset(store, dataset_uri, seed=config.seed)
+    if config.init == "pretrained":
+        state_dict, card = load_model_folder(store, model_uri)
+    else:
+        state_dict, card = None, read_card(store, model_uri)
+    new_head = reset_head is True or (reset_head == "auto" and dataset.class_names != card.class_names)
+    classes = class_mapping(dataset, card.class_names, new_head=new_head, model_uri=model_uri)
+    k = resolve_freeze_layers(config.freeze_layers, card.blocks)
+
+    torch.manual_seed(config.seed)
+    model = build_model(card.architecture, len(classes))
+    if state_dict is not None:
+        load_weights(model, card.architecture, state_dict, source=model_uri, skip_head=new_head)
+    if new_head:
+        log.info("Training a new %d-class head (%s) in place of %s's", len(classes), ", ".join(classes), model_uri)
+    frozen = freeze_first(model, card.blocks, k)
+    without_autograd(model, frozen)
+    trainable, total = _count(model)
+    log.info(
+        "Training %s (init=%s) with %d of %d blocks frozen: %s of %s parameters trainable",
+        card.architecture, config.init, k, len(card.blocks), f"{trainable:,}", f"{total:,}",
+    )  # fmt: skip
+    stream = ImageStream(
+        store,
+        dataset,
+        card.input,
+        batch_size=config.batch_size,
+        threads=threads,
+        skip_corrupt=skip_corrupt,
+        cache_bytes=cache_bytes,
+    )
+    source = ImageBatches(stream, seed=config.seed, augment=config.augment)
+    fingerprint = config.fingerprint(model=card.weights_sha256, data=dataset.fingerprint(), classes=classes)
+    result = fit(
+        model,
+        source,
+        config,
+        blocks=card.blocks,
+        head=card.head,
+        frozen=frozen,
+        checkpoints=checkpoints,
+        fingerprint=fingerprint,
+    )
+    lineage = {"dataset_uri": dataset.uri, "dataset_fingerprint": dataset.fingerprint(), "new_head": new_head}
+    out = _write(
+        store, output_uri, model.state_dict(), card, classes, config, result, model_uri, lineage, trainable, total, k
+    )
+    return TrainResult(output_uri, out, result, trainable, total, len(stream.skipped))
+
+
+def _train_head_on_features(store, model_uri, features_uri, config, output_uri, checkpoints) -> TrainResult:
+    card = read_card(store, model_uri)
+    index = read_features_index(store, features_uri)
+    if index["weights_sha256"] != card.weights_sha256 or index["architecture"] != card.architecture:
+        raise IncompatibleWeightsError(
+            f"Features {features_uri} were extracted with {index['model_uri']} ({index['architecture']}, sha256 "
+            f"{index['weights_sha256'][:12]}), not with {model_uri} "
+            f"({card.architecture}, sha256 {card.weights_sha256[:12]})."
+        )
+    train_split, val_split = (
+        load_split(store, features_uri, index, "train"),
+        load_split(store, features_uri, index, "val"),
+    )
+    classes = index["class_names"]
+    torch.manual_seed(config.seed)
+    head = nn.Linear(index["feature_dim"], len(classes))
+    log.info(
+        "Training a %d-class linear head on %d cached %d-dim features from %s; the backbone is not loaded",
+        len(classes), len(train_split[1]), index["feature_dim"], features_uri,
+    )  # fmt: skip
+    source = TensorBatches(train_split, val_split, batch_size=config.batch_size, seed=config.seed)
+    fingerprint = config.fingerprint(model=card.weights_sha256, features=features_uri, classes=classes)
+    result = fit(
+        head, source, config, blocks=[], head=[""], frozen=[], checkpoints=checkpoints, fingerprint=fingerprint
+    )
+    # The backbone's tensors are copied as they are; only the head's entries change.
+    with store.downloaded(f"{model_uri.rstrip('/')}/{WEIGHTS_FILE}") as (path, sha):
+        if sha != card.weights_sha256:
+            raise IncompatibleWeightsError(f"{model_uri} changed while training: its weights no longer match its card.")
+        weights = load_file(path)
+    (prefix,) = card.head
+    weights |= {f"{prefix}.weight": head.weight.detach(), f"{prefix}.bias": head.bias.detach()}
+    total = _count(build_model(card.architecture, len(classes), device="meta"))[1]
+    trainable = sum(p.numel() for p in head.parameters())
+    lineage = {"features_uri": features_uri, "dataset_uri": index["dataset_uri"], "new_head": True}
+    out = _write(
+        store,
+        output_uri,
+        weights,
+        card,
+        classes,
+        config,
+        result,
+        model_uri,
+        lineage,
+        trainable,
+        total,
+        len(card.blocks),
+    )
+    return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])))
+
+
+def _write(store, output_uri, weights, parent, classes, config, result, model_uri, lineage, trainable, total, k):
+    card = ModelCard(
+        architecture=parent.architecture,
+        class_names=list(classes),
+        input=parent.input,
+        blocks=parent.blocks,
+        head=parent.head,
+        lineage={
+            "parent": model_uri,
+            "parent_sha256": parent.weights_sha256,
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **lineage,
+        },
+        training={
+            **config.to_dict(),
+            "frozen_blocks": [b.name for b in parent.blocks[:k]],
+            "trainable_params": trainable,
+            "total_params": total,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from,
+            "train_seconds": round(result.seconds, 1),
+        },
+        history=result.history,
+        metrics={"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
+    )
+    return save_model_folder(store, output_uri, weights, card)
+
+
+def _count(model: nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
