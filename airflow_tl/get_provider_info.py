@@ -18,7 +18,11 @@ def get_provider_info() -> dict:
         "operators": [
             {
                 "integration-name": "Transfer Learning",
-                "python-modules": ["airflow_tl.operators.fetch"],
+                "python-modules": [
+                    "airflow_tl.operators.fetch",
+                    "airflow_tl.operators.extract",
+                    "airflow_tl.operators.train",
+                ],
             }
         ],
         "hooks": [

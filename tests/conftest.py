@@ -158,3 +158,12 @@ def http_server():
     yield served
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def demo(local_s3):
+    """The demo's digits data and its ResNet-18 pretrained on digits 0–4, seeded once per session."""
+    from airflow_tl.demo.seed import seed_demo
+    from airflow_tl.hooks.s3 import s3_store
+
+    return seed_demo(s3_store("aws_default"), bucket="tl-demo-session", epochs=8)

@@ -45,3 +45,23 @@ def hub_file(state_dict: dict, name: str = "resnet18") -> tuple[str, bytes]:
 
 def keys_under(store, uri: str) -> list[str]:
     return [o.key for o in store.list(uri)]
+
+
+def copy_dataset(store, source: str, dest: str, *, per_class_train: int | None = None, drop_classes=()) -> list[str]:
+    """Copy a train/val/test dataset, optionally keeping only the first n training images per class."""
+    from collections import defaultdict
+
+    kept: dict[str, int] = defaultdict(int)
+    copied = []
+    for obj in store.list(source):
+        rel = obj.key[len(source.split("/", 3)[3]) + 1 :]
+        split, label = rel.split("/")[:2]
+        if label in drop_classes:
+            continue
+        if split == "train" and per_class_train is not None:
+            if kept[label] >= per_class_train:
+                continue
+            kept[label] += 1
+        store.put_bytes(f"{dest}/{rel}", store.get_bytes(obj.uri))
+        copied.append(rel)
+    return copied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from functools import cached_property
@@ -15,6 +16,17 @@ if TYPE_CHECKING:
     from airflow_tl.storage.s3 import S3Store
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def native(value: Any) -> Any:
+    """A templated value as the Python value it spells: DAGs without ``render_template_as_native_obj``
+    render ``{{ params.epochs }}`` as the string "10"; "all", URIs and other words stay strings."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value.replace("None", "null").replace("True", "true").replace("False", "false"))
+        except ValueError:
+            return value
+    return value
 
 
 def run_slug(run_id: str) -> str:

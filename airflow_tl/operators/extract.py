@@ -1,0 +1,92 @@
+"""ExtractFeaturesOperator: features of a frozen pretrained network over a dataset, cached in S3."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_tl.operators.base import TransferLearningBaseOperator, native
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class ExtractFeaturesOperator(TransferLearningBaseOperator):
+    """Run the frozen pretrained network over train/val/test and store its features as safetensors shards.
+
+    Features are cached under a key derived from the weights' sha256, the dataset listing (keys and
+    ETags) and the preprocessing: a second run over the same inputs reuses them without a forward
+    pass and says so in the log and XCom. XCom: the features URI, counts, and whether it was a cache hit.
+
+    :param model_uri: model folder of the pretrained network, usually the fetch task's output. (templated)
+    :param dataset_uri: ``s3://`` dataset, ``train/val/test/<class>/`` or ``<class>/`` layout. (templated)
+    :param features_root: where feature caches live; default ``<work_uri>/features``. Shared across runs,
+        so the cache works across runs. (templated)
+    :param batch_size: images per forward pass. (templated)
+    :param threads: parallel S3 GETs and decodes. (templated)
+    :param skip_corrupt: leave out images that cannot be decoded (counted in the log and XCom)
+        instead of failing with their keys. (templated)
+    :param split_seed: seed of the split when the dataset has no train/val/test folders. (templated)
+    """
+
+    template_fields: Sequence[str] = (
+        *TransferLearningBaseOperator.template_fields,
+        "model_uri",
+        "dataset_uri",
+        "features_root",
+        "batch_size",
+        "threads",
+        "skip_corrupt",
+        "split_seed",
+    )
+    ui_color = "#eaf5ea"
+
+    def __init__(
+        self,
+        *,
+        model_uri: str,
+        dataset_uri: str,
+        features_root: str | None = None,
+        batch_size: int = 64,
+        threads: int = 16,
+        skip_corrupt: bool = False,
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_uri = model_uri
+        self.dataset_uri = dataset_uri
+        self.features_root = features_root
+        self.batch_size = batch_size
+        self.threads = threads
+        self.skip_corrupt = skip_corrupt
+        self.split_seed = split_seed
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_tl.data.dataset import list_dataset
+        from airflow_tl.exceptions import InvalidArgumentError
+        from airflow_tl.features.extract import extract_features
+
+        root = self.features_root or (f"{self.work_uri.rstrip('/')}/features" if self.work_uri else None)
+        if not root:
+            raise InvalidArgumentError(f"Task {self.task_id}: give features_root or work_uri (an s3:// prefix).")
+        dataset = list_dataset(self.store, self.dataset_uri, seed=native(self.split_seed))
+        result = extract_features(
+            self.store,
+            model_uri=self.model_uri,
+            dataset=dataset,
+            features_root=root,
+            batch_size=native(self.batch_size),
+            threads=native(self.threads),
+            skip_corrupt=native(self.skip_corrupt),
+        )
+        summary = result.summary()
+        self.log.info(
+            "Features %s (%s): %s; %d-dim%s",
+            result.uri,
+            "cache hit, no forward pass" if result.cache_hit else f"computed at {result.images_per_s} images/s",
+            ", ".join(f"{n} {s}" for s, n in result.counts.items()),
+            result.feature_dim,
+            f"; skipped {summary['skipped_corrupt']} corrupt images" if summary["skipped_corrupt"] else "",
+        )
+        return {"features_uri": result.uri, **{k: v for k, v in summary.items() if k != "uri"}}

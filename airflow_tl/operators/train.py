@@ -1,0 +1,165 @@
+"""FreezeAndTrainOperator: one operator for every strategy, from head-only to training from scratch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_tl.operators.base import TransferLearningBaseOperator, native
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class FreezeAndTrainOperator(TransferLearningBaseOperator):
+    """Train a model with its first ``freeze_layers`` blocks frozen, checkpointing to S3 after every epoch.
+
+    - ``freeze_layers="all"`` with ``features_uri``: a new linear head on cached features (feature extraction);
+      the backbone is never loaded.
+    - ``freeze_layers=k``: the first k blocks frozen (no gradients, no optimizer state, BatchNorm statistics
+      kept), the rest and the head trained on images streamed from S3 (partial freeze; 0 = full fine-tune).
+    - ``init="random"``: the same architecture from random weights (from scratch).
+
+    A retried task resumes from its last complete checkpoint and says so in the log. The result is a model
+    folder whose card holds the training config and per-epoch history. XCom: the model URI and a summary.
+
+    :param model_uri: model folder to start from (its architecture, preprocessing and weights). (templated)
+    :param dataset_uri: ``s3://`` image dataset; needed unless training on ``features_uri``. (templated)
+    :param features_uri: features from ExtractFeaturesOperator, for head-only training. (templated)
+    :param freeze_layers: number of leading blocks to freeze, or ``"all"``. (templated)
+    :param init: ``"pretrained"`` or ``"random"``. (templated)
+    :param epochs: maximum epochs. (templated)
+    :param batch_size: images (or feature rows) per step. (templated)
+    :param learning_rate: peak learning rate of the head; blocks get less with ``layer_decay``. (templated)
+    :param optimizer: ``"adamw"`` or ``"sgd"``. (templated)
+    :param weight_decay: decoupled weight decay (AdamW) or L2 (SGD); never on biases or norms. (templated)
+    :param warmup_epochs: linear warm-up before cosine decay. (templated)
+    :param layer_decay: optional layer-wise learning-rate decay in (0, 1]. (templated)
+    :param patience: stop after this many epochs without a better validation loss; None never stops early. (templated)
+    :param augment: light, seeded augmentation of training images (crop, rotation, brightness). (templated)
+    :param seed: seed of initialisation, shuffling, augmentation and the split. (templated)
+    :param reset_head: ``"auto"`` trains a new head when the dataset's classes differ from the model's;
+        True always; False requires the same classes. (templated)
+    :param skip_corrupt: leave out images that cannot be decoded instead of failing. (templated)
+    :param output_uri: model folder to write; default ``<run prefix>/model``. (templated)
+    :param checkpoint_uri: checkpoint folder; default ``<run prefix>/checkpoints``. (templated)
+    :param threads: parallel S3 GETs and decodes. (templated)
+    """
+
+    template_fields: Sequence[str] = (
+        *TransferLearningBaseOperator.template_fields,
+        "model_uri",
+        "dataset_uri",
+        "features_uri",
+        "freeze_layers",
+        "init",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "weight_decay",
+        "warmup_epochs",
+        "layer_decay",
+        "patience",
+        "augment",
+        "seed",
+        "reset_head",
+        "skip_corrupt",
+        "output_uri",
+        "checkpoint_uri",
+        "threads",
+    )
+    ui_color = "#fdf1e0"
+
+    def __init__(
+        self,
+        *,
+        model_uri: str,
+        dataset_uri: str | None = None,
+        features_uri: str | None = None,
+        freeze_layers: int | str = 0,
+        init: str = "pretrained",
+        epochs: int = 10,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        optimizer: str = "adamw",
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        layer_decay: float | None = None,
+        patience: int | None = 3,
+        augment: bool = False,
+        seed: int = 0,
+        reset_head: bool | str = "auto",
+        skip_corrupt: bool = False,
+        output_uri: str | None = None,
+        checkpoint_uri: str | None = None,
+        threads: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_uri = model_uri
+        self.dataset_uri = dataset_uri
+        self.features_uri = features_uri
+        self.freeze_layers = freeze_layers
+        self.init = init
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.layer_decay = layer_decay
+        self.patience = patience
+        self.augment = augment
+        self.seed = seed
+        self.reset_head = reset_head
+        self.skip_corrupt = skip_corrupt
+        self.output_uri = output_uri
+        self.checkpoint_uri = checkpoint_uri
+        self.threads = threads
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_tl.training.config import TrainConfig
+        from airflow_tl.training.task import train
+
+        config = TrainConfig(
+            epochs=native(self.epochs),
+            batch_size=native(self.batch_size),
+            learning_rate=native(self.learning_rate),
+            optimizer=self.optimizer,
+            weight_decay=native(self.weight_decay),
+            warmup_epochs=native(self.warmup_epochs),
+            layer_decay=native(self.layer_decay),
+            patience=native(self.patience),
+            augment=native(self.augment),
+            seed=native(self.seed),
+            freeze_layers=native(self.freeze_layers),
+            init=self.init,
+        )
+        prefix = None if (self.output_uri and self.checkpoint_uri) else self.run_prefix(context)
+        output_uri = self.output_uri or f"{prefix}/model"
+        checkpoint_uri = self.checkpoint_uri or f"{prefix}/checkpoints"
+        self.log.info("Training from %s into %s (checkpoints in %s)", self.model_uri, output_uri, checkpoint_uri)
+        result = train(
+            self.store,
+            model_uri=self.model_uri,
+            config=config,
+            output_uri=output_uri,
+            checkpoint_uri=checkpoint_uri,
+            dataset_uri=self.dataset_uri or None,
+            features_uri=self.features_uri or None,
+            reset_head=native(self.reset_head),
+            skip_corrupt=native(self.skip_corrupt),
+            threads=native(self.threads),
+        )
+        summary = result.summary()
+        self.log.info(
+            "Trained %s: best epoch %d of %d, val loss %.4f, val accuracy %.3f, %s trainable parameters",
+            output_uri,
+            summary["best_epoch"],
+            summary["epochs_run"],
+            summary["val_loss"],
+            summary["val_accuracy"],
+            f"{summary['trainable_params']:,}",
+        )
+        return summary
