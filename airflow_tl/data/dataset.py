@@ -82,11 +82,13 @@ def list_dataset(
     if ignored:
         log.info("Ignored %d objects under %s that are not images", ignored, uri)
 
-    split_layout = all(len(parts) >= 3 and parts[0] in SPLITS for parts, _ in images)
+    split_layout = all(len(parts) >= 2 and parts[0] in SPLITS for parts, _ in images)
     class_of = (lambda parts: parts[1]) if split_layout else (lambda parts: parts[0])
-    if not split_layout and any(len(parts) < 2 for parts, _ in images):
-        loose = next("/".join(parts) for parts, _ in images if len(parts) < 2)
-        raise DatasetError(f"Dataset {uri} has images outside class folders (e.g. {loose}); expected <class>/<image>.")
+    depth = 3 if split_layout else 2
+    loose = next(("/".join(parts) for parts, _ in images if len(parts) < depth), None)
+    if loose is not None:
+        expected = "<split>/<class>/<image>" if split_layout else "<class>/<image>"
+        raise DatasetError(f"Dataset {uri} has images outside class folders (e.g. {loose}); expected {expected}.")
     class_names = sorted({class_of(parts) for parts, _ in images})
     _check_classes(uri, class_names, markers, split_layout)
     index = {name: i for i, name in enumerate(class_names)}

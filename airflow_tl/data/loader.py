@@ -37,6 +37,7 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     keys: list[str]
+    split: str = ""
 
 
 @dataclass
@@ -72,18 +73,31 @@ class ImageStream:
         self.skipped: set[str] = set()  # corrupt keys skipped so far, over all passes
 
     def batches(
-        self, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, augment: bool = False
+        self,
+        split: str | tuple[str, ...],
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        augment: bool = False,
     ) -> Iterator[Batch]:
-        """One pass over a split. Raises CorruptImagesError at the end when images failed to decode."""
-        items = self.dataset.split(split)
-        if shuffle:
-            random.Random(f"{seed}:{epoch}").shuffle(items)
+        """One pass over one split, or several in a row (prefetching across their boundary; no batch
+        mixes splits). Raises CorruptImagesError at the end when images failed to decode."""
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        items = []
+        for name in splits:
+            part = self.dataset.split(name)
+            if shuffle:
+                random.Random(f"{seed}:{epoch}").shuffle(part)
+            items += part
+        split = "/".join(splits)
         stats = StreamStats()
         window = max(2 * self.batch_size, 4 * self.threads)
         pending: deque[tuple[ImageItem, Future]] = deque()
         xs: list[torch.Tensor] = []
         ys: list[int] = []
         keys: list[str] = []
+        current = splits[0]
         with ThreadPoolExecutor(self.threads, thread_name_prefix="airflow-tl-images") as pool:
             queue = iter(items)
             for item in queue:
@@ -100,15 +114,19 @@ class ImageStream:
                 if tensor is None:
                     stats.corrupt.append(item.key)
                     continue
+                if xs and item.split != current:
+                    yield Batch(torch.stack(xs), torch.tensor(ys), keys, current)
+                    xs, ys, keys = [], [], []
+                current = item.split
                 stats.images += 1
                 xs.append(tensor)
                 ys.append(item.label)
                 keys.append(item.key)
                 if len(xs) == self.batch_size:
-                    yield Batch(torch.stack(xs), torch.tensor(ys), keys)
+                    yield Batch(torch.stack(xs), torch.tensor(ys), keys, current)
                     xs, ys, keys = [], [], []
         if xs:
-            yield Batch(torch.stack(xs), torch.tensor(ys), keys)
+            yield Batch(torch.stack(xs), torch.tensor(ys), keys, current)
         self._finish(split, stats)
 
     def _finish(self, split: str, stats: StreamStats) -> None:

@@ -68,5 +68,5 @@ def without_autograd(model: nn.Module, frozen: list[str]) -> list:
         def after(_module, _args, _output, saved=saved):
             torch.set_grad_enabled(saved.pop())
 
-        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after, always_call=True)]
     return handles

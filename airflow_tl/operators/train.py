@@ -36,6 +36,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     :param warmup_epochs: linear warm-up before cosine decay. (templated)
     :param layer_decay: optional layer-wise learning-rate decay in (0, 1]. (templated)
     :param patience: stop after this many epochs without a better validation loss; None never stops early. (templated)
+    :param label_smoothing: cross-entropy label smoothing in [0, 1). (templated)
     :param augment: light, seeded augmentation of training images (crop, rotation, brightness). (templated)
     :param seed: seed of initialisation, shuffling, augmentation and the split. (templated)
     :param reset_head: ``"auto"`` trains a new head when the dataset's classes differ from the model's;
@@ -61,6 +62,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "warmup_epochs",
         "layer_decay",
         "patience",
+        "label_smoothing",
         "augment",
         "seed",
         "reset_head",
@@ -87,6 +89,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         warmup_epochs: float = 1.0,
         layer_decay: float | None = None,
         patience: int | None = 3,
+        label_smoothing: float = 0.1,
         augment: bool = False,
         seed: int = 0,
         reset_head: bool | str = "auto",
@@ -110,6 +113,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.warmup_epochs = warmup_epochs
         self.layer_decay = layer_decay
         self.patience = patience
+        self.label_smoothing = label_smoothing
         self.augment = augment
         self.seed = seed
         self.reset_head = reset_head
@@ -131,6 +135,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             warmup_epochs=native(self.warmup_epochs),
             layer_decay=native(self.layer_decay),
             patience=native(self.patience),
+            label_smoothing=native(self.label_smoothing),
             augment=native(self.augment),
             seed=native(self.seed),
             freeze_layers=native(self.freeze_layers),

@@ -117,6 +117,7 @@ def fit(
     history = state.history if state else []
     best_epoch = state.best_epoch if state else 0
     best_weights = (state.best_model or _clone(state.model)) if state else None
+    best_loss = _row(history, best_epoch)["val_loss"] if best_epoch else math.inf
     first = state.epoch + 1 if state else 1
     started = time.monotonic()
     stopped_early = _patience_exhausted(history, best_epoch, config)
@@ -124,6 +125,7 @@ def fit(
         if stopped_early:
             break
         epoch_started = time.monotonic()
+        epoch_lr = optimizer.param_groups[-1]["lr"]  # the head's rate as the epoch starts
         progress = _ProgressLog(epoch, config.epochs, source.train_size)
         try:
             train_loss, train_acc, seen = train_one_epoch(
@@ -157,13 +159,13 @@ def fit(
                 "train_accuracy": round(train_acc, 5),
                 "val_loss": round(val_loss, 5),
                 "val_accuracy": round(val_acc, 5),
-                "lr": optimizer.param_groups[-1]["lr"],
+                "lr": epoch_lr,
                 "seconds": round(seconds, 2),
                 "images_per_s": round(seen / seconds, 1),
             }
         )
-        if best_epoch == 0 or val_loss < _row(history, best_epoch)["val_loss"]:
-            best_epoch, best_weights = epoch, _clone(model.state_dict())
+        if best_epoch == 0 or val_loss < best_loss:
+            best_epoch, best_loss, best_weights = epoch, val_loss, _clone(model.state_dict())
         _log_epoch(history[-1], config.epochs, time.monotonic() - started, epoch - first + 1)
         stopped_early = _patience_exhausted(history, best_epoch, config)
         if checkpoints is not None:

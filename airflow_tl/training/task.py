@@ -166,9 +166,15 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri, 
     )  # fmt: skip
     source = TensorBatches(train_split, val_split, batch_size=config.batch_size, seed=config.seed)
     fingerprint = config.fingerprint(model=card.weights_sha256, features=features_uri, classes=classes)
-    result = fit(
-        head, source, config, blocks=[], head=[""], frozen=[], checkpoints=checkpoints, fingerprint=fingerprint
-    )
+    # A linear head is far too small to share between threads; OpenMP's hand-offs would dominate each step.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = fit(
+            head, source, config, blocks=[], head=[""], frozen=[], checkpoints=checkpoints, fingerprint=fingerprint
+        )
+    finally:
+        torch.set_num_threads(threads)
     # The backbone's tensors are copied as they are; only the head's entries change.
     with store.downloaded(f"{model_uri.rstrip('/')}/{WEIGHTS_FILE}") as (path, sha):
         if sha != card.weights_sha256:
