@@ -89,31 +89,34 @@ def extract_features(
     log.info(
         "Feature cache miss: extracting %d-dim features of %s with %s into %s", dim, dataset.uri, model_uri, folder
     )
-    shards: dict[str, list[dict]] = {}
-    counts: dict[str, int] = {}
+    shards: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    counts = dict.fromkeys(SPLITS, 0)
+    pending: dict[str, tuple[list, list]] = {split: ([], []) for split in SPLITS}
     passes, images, started = 0, 0, time.monotonic()
-    for split in SPLITS:
-        shards[split], counts[split] = [], 0
-        rows: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
-        for batch in stream.batches(split):
-            with torch.inference_mode():
-                rows.append(model(batch.x).float())
-            labels.append(batch.y)
-            passes += 1
-            counts[split] += len(batch.y)
-            if sum(len(r) for r in rows) >= shard_rows:
-                shards[split].append(_write_shard(store, str(folder), split, len(shards[split]), rows, labels))
-                rows, labels = [], []
+
+    def flush(split: str) -> None:
+        rows, labels = pending[split]
         if rows:
             shards[split].append(_write_shard(store, str(folder), split, len(shards[split]), rows, labels))
-        images += counts[split]
-        log.info(
-            "Extracted %d %s features (%.0f images/s so far)",
-            counts[split],
-            split,
-            images / (time.monotonic() - started),
-        )
+            pending[split] = ([], [])
+
+    # One stream over all splits, so loading never pauses at a split boundary.
+    for batch in stream.batches(SPLITS):
+        with torch.inference_mode():
+            pending[batch.split][0].append(model(batch.x).float())
+        pending[batch.split][1].append(batch.y)
+        passes += 1
+        counts[batch.split] += len(batch.y)
+        images += len(batch.y)
+        if sum(len(r) for r in pending[batch.split][0]) >= shard_rows:
+            flush(batch.split)
+    for split in SPLITS:
+        flush(split)
+    log.info(
+        "Extracted %s features (%.0f images/s)",
+        ", ".join(f"{n} {s}" for s, n in counts.items()),
+        images / max(time.monotonic() - started, 1e-9),
+    )
     rate = images / max(time.monotonic() - started, 1e-9)
     index = {
         "format_version": FORMAT_VERSION,
