@@ -255,11 +255,16 @@ def head_epoch(store, model_uri: str, dataset_uri: str, features_uri: str) -> fl
     scheduler = cosine_with_warmup(optimizer, warmup_steps=steps, total_steps=HEAD_EPOCH_REPEATS * steps)
     criterion = nn.CrossEntropyLoss()
     seconds = []
-    for epoch in range(1, HEAD_EPOCH_REPEATS + 1):
-        started = time.perf_counter()
-        train_one_epoch(head, criterion, optimizer, scheduler, source.train_batches(epoch), frozen=[], epoch=epoch)
-        evaluate(head, criterion, source.val_batches())
-        seconds.append(time.perf_counter() - started)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as training.task runs head-only fits
+    try:
+        for epoch in range(1, HEAD_EPOCH_REPEATS + 1):
+            started = time.perf_counter()
+            train_one_epoch(head, criterion, optimizer, scheduler, source.train_batches(epoch), frozen=[], epoch=epoch)
+            evaluate(head, criterion, source.val_batches())
+            seconds.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
     feature_s = statistics.median(seconds[1:])
     image_history = [h["seconds"] for h in image_run.fit.history]
     feature_history = [h["seconds"] for h in feature_run.fit.history]
