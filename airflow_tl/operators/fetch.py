@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_tl.operators.base import TransferLearningBaseOperator
+from airflow_tl.operators.base import TransferLearningBaseOperator, native
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -78,10 +78,10 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
             pretrained_uri=self.pretrained_uri or None,
             architecture=self.architecture or None,
             init=self.init,
-            class_names=self.class_names or None,
-            num_classes=self.num_classes or None,
-            image_size=self.image_size or None,
-            seed=self.seed,
+            class_names=native(self.class_names) or None,
+            num_classes=native(self.num_classes) or None,
+            image_size=native(self.image_size) or None,
+            seed=native(self.seed),
             weights_mirror=self.weights_mirror or None,
         )
         output_uri = self.run_prefix(context, self.output_uri)

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 from airflow.sdk import DAG, Param
 
 from airflow_tl.operators import ExtractFeaturesOperator, FetchPretrainedOperator, FreezeAndTrainOperator
-
-
-def record_failure(context) -> None:
-    error = context.get("exception")
-    with open(os.environ["AIRFLOW_TL_TEST_FAILURES"], "a") as fh:
-        record = {"task_id": context["ti"].task_id, "type": type(error).__name__, "message": str(error)}
-        record["mro"] = [c.__name__ for c in type(error).__mro__]
-        fh.write(json.dumps(record) + "\n")
-
+from tests.dag_callbacks import record_failure
 
 STRATEGIES = {
     "feature_extraction": {"freeze_layers": "all", "init": "pretrained", "features": True},
