@@ -57,7 +57,7 @@ class ImageStream:
         spec: InputSpec,
         *,
         batch_size: int = 64,
-        threads: int = 16,
+        threads: int = 8,
         skip_corrupt: bool = False,
         cache_bytes: int = 0,
     ) -> None:

@@ -69,7 +69,7 @@ def extract_features(
     dataset: ImageDataset,
     features_root: str,
     batch_size: int = 64,
-    threads: int = 16,
+    threads: int = 8,
     skip_corrupt: bool = False,
     shard_rows: int = 8192,
 ) -> FeatureResult:

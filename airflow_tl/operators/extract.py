@@ -48,7 +48,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         dataset_uri: str,
         features_root: str | None = None,
         batch_size: int = 64,
-        threads: int = 16,
+        threads: int = 8,
         skip_corrupt: bool = False,
         split_seed: int = 0,
         **kwargs: Any,

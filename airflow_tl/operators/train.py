@@ -96,7 +96,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         skip_corrupt: bool = False,
         output_uri: str | None = None,
         checkpoint_uri: str | None = None,
-        threads: int = 16,
+        threads: int = 8,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -70,7 +70,7 @@ def train(
     features_uri: str | None = None,
     reset_head: bool | str = "auto",
     skip_corrupt: bool = False,
-    threads: int = 16,
+    threads: int = 8,
     cache_bytes: int = 512 * 2**20,
 ) -> TrainResult:
     if reset_head not in ("auto", True, False):
