@@ -92,7 +92,7 @@ def extract_features(
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
     pending: dict[str, tuple[list, list]] = {split: ([], []) for split in SPLITS}
-    passes, images, started = 0, 0, time.monotonic()
+    passes, started = 0, time.monotonic()
 
     def flush(split: str) -> None:
         rows, labels = pending[split]
@@ -107,17 +107,12 @@ def extract_features(
         pending[batch.split][1].append(batch.y)
         passes += 1
         counts[batch.split] += len(batch.y)
-        images += len(batch.y)
         if sum(len(r) for r in pending[batch.split][0]) >= shard_rows:
             flush(batch.split)
     for split in SPLITS:
         flush(split)
-    log.info(
-        "Extracted %s features (%.0f images/s)",
-        ", ".join(f"{n} {s}" for s, n in counts.items()),
-        images / max(time.monotonic() - started, 1e-9),
-    )
-    rate = images / max(time.monotonic() - started, 1e-9)
+    rate = sum(counts.values()) / max(time.monotonic() - started, 1e-9)
+    log.info("Extracted %s features (%.0f images/s)", ", ".join(f"{n} {s}" for s, n in counts.items()), rate)
     index = {
         "format_version": FORMAT_VERSION,
         "model_uri": model_uri,

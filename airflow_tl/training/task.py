@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from airflow_tl.data.dataset import class_mapping, list_dataset
@@ -22,7 +21,7 @@ from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
 from airflow_tl.features.extract import load_split, read_features_index
 from airflow_tl.models.architectures import build_model, load_weights
 from airflow_tl.models.card import ModelCard
-from airflow_tl.models.folder import WEIGHTS_FILE, load_model_folder, read_card, save_model_folder
+from airflow_tl.models.folder import load_model_folder, read_card, save_model_folder
 from airflow_tl.models.freezing import freeze_first, resolve_freeze_layers, without_autograd
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.training.checkpoint import CheckpointStore
@@ -175,11 +174,10 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri, 
         )
     finally:
         torch.set_num_threads(threads)
-    # The backbone's tensors are copied as they are; only the head's entries change.
-    with store.downloaded(f"{model_uri.rstrip('/')}/{WEIGHTS_FILE}") as (path, sha):
-        if sha != card.weights_sha256:
-            raise IncompatibleWeightsError(f"{model_uri} changed while training: its weights no longer match its card.")
-        weights = load_file(path)
+    # The backbone's tensors are copied as they are (sha256-checked on read); only the head's entries change.
+    weights, current = load_model_folder(store, model_uri)
+    if current.weights_sha256 != card.weights_sha256:
+        raise IncompatibleWeightsError(f"{model_uri} changed while training: its weights no longer match its card.")
     (prefix,) = card.head
     weights |= {f"{prefix}.weight": head.weight.detach(), f"{prefix}.bias": head.bias.detach()}
     total = _count(build_model(card.architecture, len(classes), device="meta"))[1]
