@@ -4,10 +4,10 @@ Prints:
 
 - ``BENCH extract_vs_raw_torch <ratio>``: images/s of ``extract_features``' streaming loop (its own
   ``images_per_s``; ``extract_call_vs_raw_torch`` is the whole call, one-time model loading included),
-  reading 256px JPEGs from S3
-  (ResNet-18 at 224) over images/s of a bare ``inference_mode`` loop over the same images already decoded
-  and preprocessed in memory: same model, batch size and torch thread count. Best of 2 for each side;
-  every extraction is a cache miss (a fresh ``features_root``).
+  reading 256px JPEGs from S3 (ResNet-18 at 224) over images/s of a bare ``inference_mode`` loop over the
+  same images already decoded and preprocessed in memory: same model, batch size and torch thread count.
+  Best of 3 for each side (run-by-run ratios are printed too); every extraction is a cache miss (a fresh
+  ``features_root``).
 - ``BENCH extract_vs_raw_torch_small <ratio>``: the same for the demo's 8x8 grayscale digit PNGs at 32x32
   input, where the network is cheap and fetching/decoding dominates.
 - ``BENCH head_epoch_speedup <ratio>``: seconds of one epoch (train + validation) streaming images through
@@ -42,7 +42,7 @@ BATCH_SIZE = 64
 LARGE_CLASSES = ("amber", "cobalt", "moss")
 LARGE_PER_CLASS_SPLIT = 20  # 3 classes x 20 x {train,val,test} = 180 JPEGs of 256x256
 RSS_N = 200  # and 4 * RSS_N, 128x128 JPEGs
-REPEATS = 2
+REPEATS = 3
 HEAD_EPOCH_REPEATS = 30
 
 _STARTED = time.monotonic()
@@ -202,13 +202,15 @@ def compare_extraction(store, tag: str, model_uri: str, dataset_uri: str) -> tup
     stream = stream_only_images_per_s(store, dataset, card.input, BATCH_SIZE)
     print(
         f"  {tag}: {images} images, resnet18 at {card.input.crop_size}px, batch {BATCH_SIZE}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
     )
     print(
         f"  {tag}: extract_features {max(ours):.1f} images/s (its own images_per_s {max(rates):.1f}), "
         f"raw torch {max(raw):.1f} images/s, ImageStream alone {stream:.1f} images/s"
     )
     print(f"  {tag}: every run: extract_features {[round(r, 1) for r in ours]}, raw {[round(r, 1) for r in raw]}")
+    paired = sorted(r / w for r, w in zip(rates, raw, strict=True))
+    print(f"  {tag}: streaming rate over the raw loop run by run: {[round(p, 3) for p in paired]}")
     return max(rates) / max(raw), max(ours) / max(raw), first_uri
 
 
@@ -351,6 +353,11 @@ def peak_rss(launcher: Launcher, dataset_uri: str, model_uri: str, features_root
 
 
 def main() -> None:
+    from airflow_tl.runtime import prepare_torch_runtime
+
+    prepare_torch_runtime()  # as the operators do before torch loads; BENCH_OMP_WAIT_POLICY=ACTIVE compares
+    if os.environ.get("BENCH_OMP_WAIT_POLICY"):
+        os.environ["OMP_WAIT_POLICY"] = os.environ["BENCH_OMP_WAIT_POLICY"]
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="tl-bench-airflow-"))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     from airflow_tl.demo.local_s3 import start_local_s3

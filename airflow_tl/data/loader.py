@@ -1,7 +1,9 @@
 """Streaming batches of images from S3: parallel GETs, decoding, preprocessing, bounded memory.
 
 At most ``window`` images are in flight or waiting at any time, so memory does not grow with the
-dataset. Encoded bytes may be kept between epochs up to ``cache_bytes`` to spare repeated GETs.
+dataset. Threads fetch, decode, resize and crop (Pillow and the socket release the GIL); each batch
+is normalised once, as uint8 pixels turned float in one op. Encoded bytes may be kept between epochs
+up to ``cache_bytes`` to spare repeated GETs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from airflow_tl.data.dataset import DatasetError, ImageDataset, ImageItem
-from airflow_tl.data.preprocess import preprocess
+from airflow_tl.data.preprocess import normalize, to_pixels
 from airflow_tl.models.card import InputSpec
 from airflow_tl.storage.s3 import S3Store
 
@@ -115,7 +117,7 @@ class ImageStream:
                     stats.corrupt.append(item.key)
                     continue
                 if xs and item.split != current:
-                    yield Batch(torch.stack(xs), torch.tensor(ys), keys, current)
+                    yield self._batch(xs, ys, keys, current)
                     xs, ys, keys = [], [], []
                 current = item.split
                 stats.images += 1
@@ -123,11 +125,14 @@ class ImageStream:
                 ys.append(item.label)
                 keys.append(item.key)
                 if len(xs) == self.batch_size:
-                    yield Batch(torch.stack(xs), torch.tensor(ys), keys, current)
+                    yield self._batch(xs, ys, keys, current)
                     xs, ys, keys = [], [], []
         if xs:
-            yield Batch(torch.stack(xs), torch.tensor(ys), keys, current)
+            yield self._batch(xs, ys, keys, current)
         self._finish(split, stats)
+
+    def _batch(self, pixels: list[torch.Tensor], labels: list[int], keys: list[str], split: str) -> Batch:
+        return Batch(normalize(torch.stack(pixels), self.spec), torch.tensor(labels), keys, split)
 
     def _finish(self, split: str, stats: StreamStats) -> None:
         if not stats.corrupt:
@@ -161,4 +166,4 @@ class ImageStream:
         except (*_DECODE_ERRORS, Image.DecompressionBombWarning):
             return None, len(data)
         rng = random.Random(f"{seed}:{epoch}:{item.key}") if augment else None
-        return preprocess(image, self.spec, augment=rng), len(data)
+        return to_pixels(image, self.spec, augment=rng), len(data)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -63,6 +64,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         self.split_seed = split_seed
 
     def execute(self, context: Context) -> dict[str, Any]:
+        prepare_torch_runtime()
         from airflow_tl.data.dataset import list_dataset
         from airflow_tl.exceptions import InvalidArgumentError
         from airflow_tl.features.extract import extract_features

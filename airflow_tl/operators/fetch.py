@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -72,6 +73,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         self.output_uri = output_uri
 
     def execute(self, context: Context) -> dict[str, Any]:
+        prepare_torch_runtime()
         from airflow_tl.pretrained.fetch import FetchSpec, fetch_pretrained
 
         spec = FetchSpec(

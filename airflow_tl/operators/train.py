@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -123,6 +124,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.threads = threads
 
     def execute(self, context: Context) -> dict[str, Any]:
+        prepare_torch_runtime()
         from airflow_tl.training.config import TrainConfig
         from airflow_tl.training.task import train
 

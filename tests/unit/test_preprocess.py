@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from airflow_tl.data.preprocess import preprocess, to_model_mode
+from airflow_tl.data.preprocess import normalize, preprocess, to_model_mode, to_pixels
 from airflow_tl.models.card import InputSpec
 
 SPEC = InputSpec(crop_size=8, resize_size=10, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.1])
@@ -129,3 +130,33 @@ def test_input_image_is_not_modified() -> None:
     image = Image.new("RGBA", (12, 12), (1, 2, 3, 0))
     preprocess(image, SPEC)
     assert image.mode == "RGBA" and image.size == (12, 12) and image.getpixel((0, 0)) == (1, 2, 3, 0)
+
+
+def test_a_normalised_batch_equals_its_images_normalised_one_by_one() -> None:
+    # The loader normalises whole batches; training, seeding and evaluation must see the same numbers.
+    generator = torch.Generator().manual_seed(1)
+    spec = InputSpec(crop_size=16, resize_size=20)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (24 + i, 30, 3), dtype=torch.uint8, generator=generator).numpy(), "RGB")
+        for i in range(5)
+    ]
+    pixels = [to_pixels(image, spec) for image in images]
+    assert all(p.dtype == torch.uint8 and p.shape == (3, 16, 16) for p in pixels)
+    batch = normalize(torch.stack(pixels), spec)
+    assert torch.equal(batch, torch.stack([preprocess(image, spec) for image in images]))
+
+
+def test_pixels_of_a_one_channel_spec_keep_a_channel_axis() -> None:
+    spec = InputSpec(crop_size=4, resize_size=4, mean=[0.5], std=[0.5], channels=1)
+    pixels = to_pixels(Image.new("L", (6, 6), 255), spec)
+    assert pixels.shape == (1, 4, 4) and pixels.dtype == torch.uint8
+    assert torch.equal(normalize(pixels[None], spec), torch.ones(1, 1, 4, 4))
+
+
+def test_an_image_already_at_the_resize_size_is_not_resampled() -> None:
+    # Resizing to the current size is a copy in Pillow; skipping it must give the same pixels.
+    generator = torch.Generator().manual_seed(2)
+    image = Image.fromarray(torch.randint(0, 256, (20, 28, 3), dtype=torch.uint8, generator=generator).numpy(), "RGB")
+    spec = InputSpec(crop_size=16, resize_size=20)
+    expected = torch.from_numpy(np.array(image.crop((6, 2, 22, 18)))).permute(2, 0, 1)
+    assert torch.equal(to_pixels(image, spec), expected)
