@@ -22,6 +22,7 @@ def get_provider_info() -> dict:
                     "airflow_tl.operators.fetch",
                     "airflow_tl.operators.extract",
                     "airflow_tl.operators.train",
+                    "airflow_tl.operators.evaluate",
                 ],
             }
         ],

@@ -13,6 +13,12 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # torch hub convention: <name>-<hex sha256 prefix>.<ext>; the prefix is what is verified.
 HUB_FILENAME = re.compile(r"^(?P<name>.+?)-(?P<sha>[0-9a-f]{8,64})\.(?P<ext>pth|pt|bin|ckpt|safetensors)$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def slug(text: str) -> str:
+    """Text made safe for one S3 key segment: Airflow run ids carry ':' and '+' from their timestamps."""
+    return _UNSAFE_KEY_CHARS.sub("_", text).strip("_")
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,17 @@ class ImageDataset:
 
 
 def list_dataset(
-    store: S3Store, uri: str, *, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    store: S3Store,
+    uri: str,
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    for_training: bool = True,
 ) -> ImageDataset:
-    """List a dataset once and work out its layout, classes and split."""
+    """List a dataset once and work out its layout, classes and split.
+
+    ``for_training`` requires training and validation images for every class; evaluation needs only a test split.
+    """
     root = parse_s3_uri(uri, what="Dataset URI")
     objects = store.list(root)
     prefix = root.folder_key
@@ -104,7 +112,8 @@ def list_dataset(
         sorted(items, key=lambda i: i.key),
         "splits" if split_layout else "classes",
     )
-    _check_training_split(dataset)
+    if for_training:
+        _check_training_split(dataset)
     log.info(
         "Dataset %s: %d classes, %s (%s layout)",
         uri,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -14,8 +13,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_tl.storage.s3 import S3Store
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
 def native(value: Any) -> Any:
@@ -31,7 +28,9 @@ def native(value: Any) -> Any:
 
 def run_slug(run_id: str) -> str:
     """A run id made safe for an S3 key: run ids carry ':' and '+' from their timestamps."""
-    return _UNSAFE.sub("_", run_id).strip("_")
+    from airflow_tl.uris import slug
+
+    return slug(run_id)
 
 
 class TransferLearningBaseOperator(BaseOperator):

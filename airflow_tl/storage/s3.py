@@ -20,6 +20,9 @@ from airflow_tl.exceptions import AirflowTLError, ObjectNotFoundError
 from airflow_tl.uris import S3URI, parse_s3_uri
 
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+# A conditional write lost to another writer: 412 for a failed If-Match / If-None-Match, 409 when S3 saw
+# two conditional writes to the same key at once.
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _CHUNK = 1024 * 1024
 
 
@@ -63,6 +66,45 @@ class S3Store:
         loc = _as_uri(uri)
         with self._errors(loc, "writing"):
             self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type)
+
+    def get_with_etag(self, uri: str | S3URI) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag (for a later ``put_if``), or None when there is no such object."""
+        loc = _as_uri(uri)
+        try:
+            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code", "")) in _MISSING_KEY:
+                return None
+            with self._errors(loc, "reading"):
+                raise
+        return response["Body"].read(), response["ETag"].strip('"')
+
+    def put_if(
+        self, uri: str | S3URI, data: bytes, *, etag: str | None, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Write only if the object is unchanged: still at ``etag``, or still absent when ``etag`` is None.
+
+        One conditional PUT (S3's If-Match / If-None-Match), so a concurrent writer can never be overwritten
+        unseen. Returns False when the condition failed: someone else wrote first.
+        """
+        loc = _as_uri(uri)
+        condition = {"IfMatch": f'"{etag}"'} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type, **condition)
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _CONDITION_FAILED or status in _CONDITION_FAILED:
+                return False
+            with self._errors(loc, "writing"):
+                raise
+        return True
+
+    def copy(self, source: str | S3URI, target: str | S3URI) -> None:
+        """Server-side copy (multipart for large objects): the bytes never pass through this worker."""
+        src, dst = _as_uri(source), _as_uri(target)
+        with self._errors(src, f"copying to {dst}"):
+            self.client.copy({"Bucket": src.bucket, "Key": src.key}, dst.bucket, dst.key)
 
     def upload_file(self, path: str, uri: str | S3URI) -> None:
         """Upload a local file; large files go up in parallel multipart chunks."""

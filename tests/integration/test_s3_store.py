@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from airflow_tl.exceptions import ObjectNotFoundError
+from airflow_tl.exceptions import AirflowTLError, ObjectNotFoundError
 
 
 def test_put_get_list_delete_round_trip(store, bucket):
@@ -58,3 +58,23 @@ def test_connection_config_overrides_default_retries(local_s3, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_TL_CUSTOM", json.dumps(conn))
     config = s3_store("tl_custom").client.meta.config
     assert config.retries["mode"] == "adaptive" and config.retries["total_max_attempts"] == 4  # 3 retries
+
+
+def test_conditional_put_writes_only_over_what_the_writer_saw(store, bucket):
+    uri = f"s3://{bucket}/pointer.json"
+    assert store.get_with_etag(uri) is None
+    assert store.put_if(uri, b"first", etag=None)  # create: only while absent
+    assert not store.put_if(uri, b"second", etag=None)
+    data, etag = store.get_with_etag(uri)
+    assert data == b"first"
+    assert store.put_if(uri, b"third", etag=etag)  # replace: only while still at the ETag read
+    assert not store.put_if(uri, b"fourth", etag=etag)
+    assert store.get_bytes(uri) == b"third"
+
+
+def test_copy_is_server_side_and_names_a_missing_source(store, bucket):
+    store.put_bytes(f"s3://{bucket}/a/x.bin", b"payload")
+    store.copy(f"s3://{bucket}/a/x.bin", f"s3://{bucket}/b/x.bin")
+    assert store.get_bytes(f"s3://{bucket}/b/x.bin") == b"payload"
+    with pytest.raises(AirflowTLError, match=f"s3://{bucket}/a/missing.bin"):
+        store.copy(f"s3://{bucket}/a/missing.bin", f"s3://{bucket}/b/missing.bin")

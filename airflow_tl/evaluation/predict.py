@@ -1,0 +1,66 @@
+"""A model's class probabilities over one split of an image dataset, labels in the model's class order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from airflow_tl.data.dataset import DatasetError, ImageDataset
+from airflow_tl.data.loader import ImageStream
+from airflow_tl.models.folder import instantiate, load_model_folder
+from airflow_tl.storage.s3 import S3Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    probs: torch.Tensor  # (N, C) softmax, C = the model's classes
+    labels: torch.Tensor  # (N,) indices into class_names
+    class_names: list[str]
+    skipped_corrupt: list[str]
+
+
+def unknown_classes(dataset: ImageDataset, split: str, model_classes: list[str]) -> list[str]:
+    """Classes with images in ``split`` that the model cannot predict."""
+    present = {dataset.class_names[item.label] for item in dataset.split(split)}
+    return sorted(present - set(model_classes))
+
+
+def predict(
+    store: S3Store,
+    model_uri: str,
+    dataset: ImageDataset,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    threads: int = 8,
+    skip_corrupt: bool = False,
+) -> Predictions:
+    """Run the model (eval mode, no autograd) over every image of ``split``."""
+    if not dataset.split(split):
+        raise DatasetError(
+            f"Dataset {dataset.uri} has no {split} images; add a {split}/ folder or more images per class."
+        )
+    state_dict, card = load_model_folder(store, model_uri)
+    unknown = unknown_classes(dataset, split, card.class_names)
+    if unknown:
+        raise DatasetError(
+            f"The {split} split of {dataset.uri} has classes that model {model_uri} does not know: "
+            f"{', '.join(unknown)}. The model predicts {', '.join(card.class_names)}."
+        )
+    model = instantiate(card, state_dict, source=model_uri).eval()
+    # Dataset labels index the dataset's sorted classes; the metrics need the model's order.
+    to_model = torch.tensor([card.class_names.index(c) if c in card.class_names else -1 for c in dataset.class_names])
+    stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
+    probs, labels = [], []
+    with torch.inference_mode():
+        for batch in stream.batches(split):
+            probs.append(torch.softmax(model(batch.x).float(), dim=1))
+            labels.append(to_model[batch.y])
+    if not probs:
+        raise DatasetError(f"Every {split} image of {dataset.uri} was skipped as corrupt; nothing to evaluate.")
+    log.info("Predicted %d %s images of %s with %s", sum(len(y) for y in labels), split, dataset.uri, model_uri)
+    return Predictions(torch.cat(probs), torch.cat(labels), list(card.class_names), sorted(stream.skipped))

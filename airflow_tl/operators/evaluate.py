@@ -1,0 +1,142 @@
+"""EvaluateOperator: test-split metrics and report into a registry version, then the gate for the champion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.runtime import prepare_torch_runtime
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class EvaluateOperator(TransferLearningBaseOperator):
+    """Evaluate a trained model on the test split, register it as a version, and promote it if it beats the champion.
+
+    Writes ``<registry_uri>/<model_name>/versions/<version>/``: the model folder, ``metrics.json`` (accuracy,
+    macro-F1, per-class precision and recall, confusion matrix, log loss, calibration error), and a
+    self-contained ``report.html`` with its plots. The version id derives from the DAG id and run id, so a retry
+    rewrites the same version. The champion is scored on the same test split; ``champion.json`` is replaced in
+    one conditional PUT only when the gate passes, and every decision is appended to the history.
+    XCom: the version, its metrics summary, and whether it was promoted and why.
+
+    :param model_uri: trained model folder to evaluate. (templated)
+    :param dataset_uri: ``s3://`` image dataset; its test split is used (split here when it has none). (templated)
+    :param registry_uri: ``s3://`` prefix of the registry. (templated)
+    :param model_name: the registry's model name; versions and the champion live under it. (templated)
+    :param gate_metric: ``accuracy``, ``macro_f1``, ``log_loss`` or ``calibration_error``. (templated)
+    :param min_improvement: how much better than the champion the gate metric must be. (templated)
+    :param min_score: absolute bar the gate metric must reach, if any. (templated)
+    :param promote: run the gate; False registers the version without touching the champion. (templated)
+    :param seed: seed of the split for datasets without train/val/test folders: use training's. (templated)
+    :param batch_size: images per forward pass. (templated)
+    :param skip_corrupt: leave out test images that cannot be decoded instead of failing. (templated)
+    :param threads: parallel S3 GETs and decodes. (templated)
+    :param version: registry version id; default derived from the DAG id and run id. (templated)
+    :param context_extra: small JSON-able facts recorded with the version and promotion (e.g. strategy). (templated)
+    """
+
+    template_fields: Sequence[str] = (
+        *TransferLearningBaseOperator.template_fields,
+        "model_uri",
+        "dataset_uri",
+        "registry_uri",
+        "model_name",
+        "gate_metric",
+        "min_improvement",
+        "min_score",
+        "promote",
+        "seed",
+        "batch_size",
+        "skip_corrupt",
+        "threads",
+        "version",
+        "context_extra",
+    )
+    ui_color = "#e3f1e0"
+
+    def __init__(
+        self,
+        *,
+        model_uri: str,
+        dataset_uri: str,
+        registry_uri: str,
+        model_name: str,
+        gate_metric: str = "accuracy",
+        min_improvement: float = 0.0,
+        min_score: float | None = None,
+        promote: bool = True,
+        seed: int = 0,
+        batch_size: int = 64,
+        skip_corrupt: bool = False,
+        threads: int = 8,
+        version: str | None = None,
+        context_extra: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_uri = model_uri
+        self.dataset_uri = dataset_uri
+        self.registry_uri = registry_uri
+        self.model_name = model_name
+        self.gate_metric = gate_metric
+        self.min_improvement = min_improvement
+        self.min_score = min_score
+        self.promote = promote
+        self.seed = seed
+        self.batch_size = batch_size
+        self.skip_corrupt = skip_corrupt
+        self.threads = threads
+        self.version = version
+        self.context_extra = context_extra
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        prepare_torch_runtime()
+        from airflow_tl.evaluation.task import evaluate_and_register
+        from airflow_tl.registry.promotion import Gate
+        from airflow_tl.registry.store import version_id
+
+        ti = context["ti"]
+        gate = Gate(native(self.gate_metric), native(self.min_improvement), native(self.min_score))
+        version = self.version or version_id(ti.dag_id, ti.run_id)
+        run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
+        self.log.info(
+            "Evaluating %s as %s version %s in %s", self.model_uri, self.model_name, version, self.registry_uri
+        )
+        result = evaluate_and_register(
+            self.store,
+            model_uri=self.model_uri,
+            dataset_uri=self.dataset_uri,
+            registry_uri=self.registry_uri,
+            model_name=self.model_name,
+            version=version,
+            gate=gate,
+            promote=native(self.promote),
+            seed=native(self.seed),
+            batch_size=native(self.batch_size),
+            threads=native(self.threads),
+            skip_corrupt=native(self.skip_corrupt),
+            context={**run, **(native(self.context_extra) or {})},
+        )
+        summary = result.summary()
+        self.log.info(
+            "%s: %s; %s (%s)",
+            summary["model_uri"],
+            ", ".join(f"{k} {v}" for k, v in summary["metrics"].items()),
+            "promoted to champion" if summary["promoted"] else "not promoted",
+            summary["reason"],
+        )
+        self.log.info("Report: %s", summary["report_uri"])
+        self._annotate_assets(context, summary)
+        return summary
+
+    def _annotate_assets(self, context: Context, summary: dict[str, Any]) -> None:
+        """Asset events carry the new version, so DAGs scheduled on the model know what landed."""
+        from airflow.sdk import Asset
+
+        extra = {k: summary[k] for k in ("version", "model_uri", "report_uri", "promoted", "metrics")}
+        for outlet in self.outlets or []:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = extra
