@@ -167,3 +167,11 @@ def demo(local_s3):
     from airflow_tl.hooks.s3 import s3_store
 
     return seed_demo(s3_store("aws_default"), bucket="tl-demo-session", epochs=8)
+
+
+@pytest.fixture(scope="session")
+def small_target(demo, local_s3):
+    """Digits 5–9 with 20 training images per class, to keep DAG runs short."""
+    from tests.helpers import target_subset
+
+    return target_subset(demo, "digits-5-9-small", per_class_train=20)

@@ -65,3 +65,14 @@ def copy_dataset(store, source: str, dest: str, *, per_class_train: int | None =
         store.put_bytes(f"{dest}/{rel}", store.get_bytes(obj.uri))
         copied.append(rel)
     return copied
+
+
+def target_subset(demo, name: str, per_class_train: int) -> str:
+    """The demo's digits 5–9 with only the first ``per_class_train`` training images of each class (made once)."""
+    from airflow_tl.hooks.s3 import s3_store
+
+    store = s3_store("aws_default")
+    uri = f"s3://{demo.bucket}/datasets/{name}"
+    if not store.list(uri):
+        copy_dataset(store, demo.target_dataset, uri, per_class_train=per_class_train)
+    return uri

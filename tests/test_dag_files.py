@@ -10,7 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
-HEAVY = ("torch", "torchvision", "sklearn", "boto3", "botocore")
+HEAVY = ("torch", "torchvision", "sklearn", "boto3", "botocore", "matplotlib")
+STRATEGY_DAGS = ["tl_feature_extraction", "tl_from_scratch", "tl_full_finetune", "tl_partial_freeze"]
+DAG_IDS = sorted(["tl_fetch_pretrained", *STRATEGY_DAGS])
 
 _PROBE = """
 import importlib, importlib.util, sys
@@ -32,12 +34,18 @@ def _heavy_modules_after_import(target: str) -> str:
 
 
 def test_there_are_dag_files():
-    assert [f.name for f in DAG_FILES] == ["tl_fetch_pretrained.py"]
+    assert [f.name for f in DAG_FILES] == [f"{dag_id}.py" for dag_id in DAG_IDS]
 
 
 @pytest.mark.parametrize(
     "target",
-    [*(str(f) for f in DAG_FILES), "airflow_tl", "airflow_tl.operators", "airflow_tl.get_provider_info"],
+    [
+        *(str(f) for f in DAG_FILES),
+        "airflow_tl",
+        "airflow_tl.operators",
+        "airflow_tl.pipelines",
+        "airflow_tl.get_provider_info",
+    ],
 )
 def test_import_pulls_in_no_heavy_library(target):
     assert _heavy_modules_after_import(target) == ""
@@ -48,9 +56,31 @@ def test_dagbag_loads_every_dag_file_without_errors():
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["tl_fetch_pretrained"]
+    assert sorted(bag.dag_ids) == DAG_IDS
     dag = bag.dags["tl_fetch_pretrained"]
     assert dag.doc_md and dag.params["pretrained_uri"].startswith("s3://")
+
+
+@pytest.mark.parametrize("dag_id", STRATEGY_DAGS)
+def test_strategy_dags_are_documented_typed_retried_and_declare_the_model_asset(dag_id):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import Asset
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags[dag_id]
+    strategy = dag_id.removeprefix("tl_")
+    assert f"`{strategy}`" in dag.doc_md and "Serves:" in dag.doc_md and "similarity" in dag.doc_md
+    assert type(dag.timetable).__name__ == "NullTimetable"  # no schedule unless configured
+    for name in ("dataset_uri", "registry_uri", "model_name", "epochs", "batch_size", "learning_rate", "seed"):
+        param = dag.params.get_param(name)
+        assert param.description and param.schema.get("type"), name
+    assert dag.params.get_param("epochs").schema["minimum"] == 1
+    assert ("freeze_layers" in dag.params) == (strategy == "partial_freeze")
+    assert ("architecture" in dag.params) == (strategy == "from_scratch")
+    assert [t.task_id for t in dag.tasks][-1] == "evaluate"
+    for task in dag.tasks:
+        assert task.retries >= 1 and task.execution_timeout is not None, task.task_id
+    (outlet,) = dag.get_task("evaluate").outlets
+    assert isinstance(outlet, Asset) and outlet.uri == "x-airflow-tl://airflow-tl-demo/registry/digits-5-9"
 
 
 def test_ruff_airflow_and_banned_import_rules_are_clean():

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--seed", type=int, default=0, help="seed for the data split and pretraining (default: 0)")
         sub.add_argument("--force", action="store_true", help="retrain the source model even if it is already seeded")
         sub.add_argument("--epochs", type=int, default=8, help="pretraining epochs of the source model (default: 8)")
+    run.add_argument(
+        "--train-epochs", type=int, default=None, help="training epochs of every strategy (default: each DAG's own)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr, force=True
@@ -43,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     from airflow_tl.demo.runner import run_demo
 
     return run_demo(
-        aws_conn_id=args.aws_conn_id, bucket=args.bucket, seed=args.seed, force=args.force, epochs=args.epochs
+        aws_conn_id=args.aws_conn_id,
+        bucket=args.bucket,
+        seed=args.seed,
+        force=args.force,
+        epochs=args.epochs,
+        train_epochs=args.train_epochs,
     )
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_DAGS = ["tl_fetch_pretrained"]
+# Smallest-data strategies first: each later one must beat the champion the earlier ones left.
+STRATEGIES = ["feature_extraction", "partial_freeze", "full_finetune", "from_scratch"]
+MODEL_NAME = "digits-5-9"
 
 
 def _prepare_airflow_env() -> Path:
@@ -21,10 +25,10 @@ def _prepare_airflow_env() -> Path:
     return home
 
 
-def _run(command: list[str], log_path: Path, what: str) -> None:
+def _run(command: list[str], log_path: Path, what: str, env: dict[str, str]) -> None:
     started = time.monotonic()
     with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
         tail = log_path.read_text().splitlines()[-40:]
         sys.stderr.write("\n".join(tail) + "\n")
@@ -32,7 +36,9 @@ def _run(command: list[str], log_path: Path, what: str) -> None:
     print(f"  {what}: ok ({time.monotonic() - started:.0f}s, log {log_path})", flush=True)
 
 
-def run_demo(*, aws_conn_id: str, bucket: str, seed: int, force: bool, epochs: int = 8) -> int:
+def run_demo(
+    *, aws_conn_id: str, bucket: str, seed: int, force: bool, epochs: int = 8, train_epochs: int | None = None
+) -> int:
     home = _prepare_airflow_env()
     logs = home / "demo-logs"
     logs.mkdir(exist_ok=True)
@@ -46,40 +52,66 @@ def run_demo(*, aws_conn_id: str, bucket: str, seed: int, force: bool, epochs: i
         print(f"Local S3 (moto) on {local.endpoint_url}; set {conn_var} to use your own S3 instead.", flush=True)
     else:
         print(f"Using the S3 of connection {aws_conn_id} from {conn_var}.", flush=True)
+    # Airflow commands log in full to their files; this process prints the report, not Airflow's chatter.
+    env = dict(os.environ)
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     try:
         airflow = [sys.executable, "-m", "airflow"]
-        _run([*airflow, "db", "migrate"], logs / "db-migrate.log", "airflow db migrate")
+        _run([*airflow, "db", "migrate"], logs / "db-migrate.log", "airflow db migrate", env)
         seed_cmd = [sys.executable, "-m", "airflow_tl.demo", "seed", "--aws-conn-id", aws_conn_id, "--bucket", bucket]
         seed_cmd += ["--seed", str(seed), "--epochs", str(epochs), *(["--force"] if force else [])]
-        _run(seed_cmd, logs / "seed.log", "seed demo data")
-        for dag_id in DEMO_DAGS:
-            command = [*airflow, "dags", "test", dag_id]
-            _run(command, logs / f"{dag_id}.log", f"airflow dags test {dag_id}")
-        _report(aws_conn_id, bucket)
+        _run(seed_cmd, logs / "seed.log", "seed demo data", env)
+        from airflow_tl.demo.seed import DemoURIs
+
+        uris = DemoURIs(bucket)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        for strategy in STRATEGIES:
+            conf = {"dataset_uri": uris.target_dataset, "registry_uri": uris.registry, "work_uri": uris.work}
+            if strategy != "from_scratch":  # from scratch builds the architecture, without pretrained weights
+                conf["pretrained_uri"] = uris.source_model
+            if train_epochs:
+                conf["epochs"] = train_epochs
+            dag_id = f"tl_{strategy}"
+            command = [*airflow, "dags", "test", dag_id, "-c", json.dumps(conf)]
+            _run(command, logs / f"{dag_id}.log", f"airflow dags test {dag_id}", env)
+        _report(aws_conn_id, bucket, started)
     finally:
         if local is not None:
             local.stop()
     return 0
 
 
-def _report(aws_conn_id: str, bucket: str) -> None:
-    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # the report, not Airflow's start-up chatter
+def _report(aws_conn_id: str, bucket: str, since: str) -> None:
     from airflow_tl.demo.seed import DemoURIs
     from airflow_tl.hooks.s3 import s3_store
-    from airflow_tl.models.folder import CARD_FILE, read_card
+    from airflow_tl.registry.store import REPORT_FILE, Registry
 
     store = s3_store(aws_conn_id)
     uris = DemoURIs(bucket)
-    print("\nDemo data:")
-    for name, uri in uris.as_dict().items():
-        print(f"  {name:15} {uri}")
-    cards = [o for o in store.list(f"{uris.work}/runs/tl_fetch_pretrained") if o.key.endswith("/" + CARD_FILE)]
-    latest = max(cards, key=lambda o: o.last_modified)
-    folder = latest.uri.rsplit("/", 1)[0]
-    card = read_card(store, folder)
-    print("\nFetched pretrained model:")
-    print(f"  model folder   {folder}/")
-    print(f"  architecture   {card.architecture} ({card.num_classes} classes: {', '.join(card.class_names)})")
-    print(f"  blocks         {', '.join(b.name for b in card.blocks)}")
-    print(f"  source         {card.lineage.get('source')}")
-    print(f"  sha256         {card.weights_sha256}")
+    registry = Registry(store, uris.registry, MODEL_NAME)
+    promoted = {e["version"] for e in registry.history() if e.get("promoted")}
+    rows = []
+    for version in registry.versions():
+        metrics = registry.read_metrics(version)
+        strategy = (metrics.get("context") or {}).get("strategy")
+        if strategy in STRATEGIES and metrics.get("written_at", "") >= since:
+            rows.append((metrics["written_at"], strategy, version, metrics))
+    print(f"\nTransfer from digits 0-4 to digits 5-9 ({uris.target_dataset}), test split:\n")
+    header = f"  {'strategy':20} {'trainable params':>17} {'training time':>14} {'test accuracy':>14}  promoted"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for _, strategy, version, metrics in sorted(rows):
+        training = metrics.get("training") or {}
+        print(
+            f"  {strategy:20} {training.get('trainable_params', 0):>17,} {training.get('train_seconds', 0):>12.1f} s "
+            f"{metrics['summary']['accuracy']:>14.3f}  {'yes' if version in promoted else 'no'}"
+        )
+    champion = registry.champion().champion
+    print()
+    if champion is None:
+        print(f"  No champion in {registry.uri}.")
+        return
+    print(f"  champion       {registry.version_uri(champion.version)}/")
+    print(f"  report         {registry.version_uri(champion.version)}/{REPORT_FILE}")
+    print(f"  pointer        {registry.uri}/champion.json")
+    print(f"  history        {registry.uri}/history/")

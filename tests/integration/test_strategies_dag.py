@@ -6,19 +6,6 @@ import pytest
 
 from airflow_tl.models.folder import load_model_folder
 from airflow_tl.operators.base import run_slug
-from tests.helpers import copy_dataset
-
-
-@pytest.fixture(scope="module")
-def small_target(demo, local_s3):
-    """Digits 5–9 with 20 training images per class, to keep DAG runs short."""
-    from airflow_tl.hooks.s3 import s3_store
-
-    store = s3_store("aws_default")
-    uri = f"s3://{demo.bucket}/datasets/digits-5-9-small"
-    if not store.list(uri):
-        copy_dataset(store, demo.target_dataset, uri, per_class_train=20)
-    return uri
 
 
 def _conf(demo, dataset_uri: str, work: str, **extra) -> dict:

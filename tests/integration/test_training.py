@@ -12,19 +12,13 @@ from airflow_tl.features.extract import extract_features
 from airflow_tl.models.folder import load_model_folder
 from airflow_tl.training.config import TrainConfig
 from airflow_tl.training.task import train
-from tests.helpers import copy_dataset, keys_under, publish_model
+from tests.helpers import copy_dataset, keys_under, publish_model, target_subset
 
 
 @pytest.fixture(scope="module")
 def few_shot(demo, local_s3):
     """Digits 5–9 with only 10 training images per class: the small-data regime."""
-    from airflow_tl.hooks.s3 import s3_store
-
-    store = s3_store("aws_default")
-    uri = f"s3://{demo.bucket}/datasets/digits-5-9-10shot"
-    if not store.list(uri):
-        copy_dataset(store, demo.target_dataset, uri, per_class_train=10)
-    return uri
+    return target_subset(demo, "digits-5-9-10shot", per_class_train=10)
 
 
 def test_frozen_blocks_are_bitwise_unchanged_and_the_rest_learns(store, bucket, demo, few_shot):

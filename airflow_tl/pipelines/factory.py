@@ -1,0 +1,238 @@
+"""Build a strategy's pipeline (fetch → [extract] → train → evaluate) as a DAG or as a TaskGroup.
+
+Light at import time like every DAG file: operators import torch only when they run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Asset, TaskGroup
+
+from airflow_tl.exceptions import InvalidArgumentError
+from airflow_tl.operators import (
+    EvaluateOperator,
+    ExtractFeaturesOperator,
+    FetchPretrainedOperator,
+    FreezeAndTrainOperator,
+)
+from airflow_tl.pipelines.params import DEMO_DEFAULTS, strategy_params
+from airflow_tl.pipelines.strategies import Strategy, get_strategy
+
+# Settings every task reads; in a DAG built here each is "{{ params.<name> }}".
+SETTINGS = (
+    "dataset_uri", "pretrained_uri", "architecture", "image_size", "registry_uri", "model_name", "work_uri",
+    "epochs", "batch_size", "learning_rate", "patience", "seed", "freeze_layers", "augment", "skip_corrupt",
+    "gate_metric", "min_improvement", "min_score",
+)  # fmt: skip
+TIMEOUTS = {
+    "fetch_pretrained": timedelta(hours=1),
+    "extract_features": timedelta(hours=4),
+    "train": timedelta(hours=12),
+    "evaluate": timedelta(hours=2),
+}
+DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
+_NO_SCHEDULE = {"", "none", "null"}
+
+
+def schedule_from_env(dag_id: str) -> str | None:
+    """The schedule in ``AIRFLOW_TL_SCHEDULE_<DAG_ID>`` (cron or preset such as ``@daily``); unset or "none": None."""
+    value = os.environ.get(_schedule_var(dag_id), "").strip()
+    return None if value.lower() in _NO_SCHEDULE else value
+
+
+ASSET_SCHEME = "x-airflow-tl"
+
+
+def model_asset(registry_uri: str, model_name: str) -> Asset:
+    """The registry's model as an Airflow Asset: other DAGs can be scheduled on a new version landing.
+
+    The URI is the model's registry location under Airflow's ``x-`` scheme for custom assets: an ``s3://``
+    asset would run the amazon provider's URI normaliser, which imports boto3 on every parse of the DAG file.
+    """
+    location = registry_uri.rstrip("/").removeprefix("s3://")
+    return Asset(uri=f"{ASSET_SCHEME}://{location}/{model_name}", name=f"airflow-tl/{model_name}", group="ml-model")
+
+
+def build_dag(
+    strategy: str,
+    *,
+    dag_id: str | None = None,
+    schedule: str | None | object = ...,
+    registry_uri: str = DEMO_DEFAULTS["registry_uri"],
+    model_name: str = DEMO_DEFAULTS["model_name"],
+    param_defaults: dict[str, Any] | None = None,
+    default_args: dict[str, Any] | None = None,
+    timeouts: dict[str, timedelta] | None = None,
+    **dag_kwargs: Any,
+) -> DAG:
+    """The DAG of one strategy, its settings as Params.
+
+    ``schedule`` defaults to ``schedule_from_env(dag_id)``. ``registry_uri`` and ``model_name`` are the
+    Params' defaults and name the Asset the evaluate task updates. ``param_defaults`` overrides other
+    Params' defaults; ``timeouts`` overrides ``TIMEOUTS`` by task id; ``default_args`` goes to every task.
+    """
+    spec = get_strategy(strategy)
+    dag_id = dag_id or spec.dag_id
+    defaults = {"registry_uri": registry_uri, "model_name": model_name, **(param_defaults or {})}
+    dag = DAG(
+        dag_id=dag_id,
+        description=f"{spec.title}: trains {spec.trains}",
+        schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["airflow-tl", "transfer-learning", spec.name],
+        params=strategy_params(spec, defaults),
+        render_template_as_native_obj=True,
+        default_args={**DEFAULT_ARGS, **(default_args or {})},
+        doc_md=doc_md(spec, dag_id),
+        **dag_kwargs,
+    )
+    with dag:
+        settings = {name: f"{{{{ params.{name} }}}}" for name in SETTINGS}
+        _add_tasks(spec, settings, "", [model_asset(registry_uri, model_name)], {**TIMEOUTS, **(timeouts or {})})
+    return dag
+
+
+def build_task_group(
+    strategy: str,
+    *,
+    group_id: str | None = None,
+    settings: dict[str, Any],
+    outlets: list[Asset] | None = None,
+    timeouts: dict[str, timedelta] | None = None,
+    default_args: dict[str, Any] | None = None,
+    **group_kwargs: Any,
+) -> TaskGroup:
+    """The same pipeline as a TaskGroup inside a DAG of your own (call it within ``with DAG(...)``).
+
+    ``settings`` gives the values (literals or templates) by the names of the DAG Params in docs/strategies;
+    ``dataset_uri``, ``registry_uri``, ``model_name`` and ``work_uri`` are required, as is ``pretrained_uri``
+    (or ``architecture`` for from_scratch). Others take the strategy's defaults. Tasks get the factory's
+    retries unless ``default_args`` (or the DAG's) say otherwise.
+    """
+    spec = get_strategy(strategy)
+    required = {"dataset_uri", "registry_uri", "model_name", "work_uri"}
+    required.add("architecture" if spec.init == "random" else "pretrained_uri")
+    missing = sorted(required - set(settings))
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if missing or unknown:
+        raise InvalidArgumentError(
+            f"TaskGroup for {spec.name}: settings needs {', '.join(sorted(required))}"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unknown: {', '.join(unknown)} (known: {', '.join(SETTINGS)})" if unknown else "")
+            + "."
+        )
+    values = {name: param.value for name, param in strategy_params(spec).items()} | dict(settings)
+    group_id = group_id or spec.name
+    group_args = {**DEFAULT_ARGS, **(default_args or {})}
+    with TaskGroup(group_id=group_id, default_args=group_args, **group_kwargs) as group:
+        _add_tasks(spec, values, f"{group.group_id}.", outlets or [], {**TIMEOUTS, **(timeouts or {})})
+    return group
+
+
+def _add_tasks(
+    spec: Strategy, s: dict[str, Any], prefix: str, outlets: list[Asset], timeouts: dict[str, timedelta]
+) -> None:
+    def pull(task_id: str, key: str) -> str:
+        return f"{{{{ ti.xcom_pull(task_ids='{prefix}{task_id}')['{key}'] }}}}"
+
+    common = {"work_uri": s["work_uri"]}
+    fetch = FetchPretrainedOperator(
+        task_id="fetch_pretrained",
+        pretrained_uri=s["pretrained_uri"],
+        architecture=s.get("architecture") if spec.init == "random" else None,
+        init=spec.init,
+        # From scratch without a source: a placeholder head, replaced by one for the dataset's classes in training.
+        num_classes=2 if spec.init == "random" else None,
+        image_size=s["image_size"],
+        seed=s["seed"],
+        execution_timeout=timeouts["fetch_pretrained"],
+        **common,
+    )
+    train_inputs: dict[str, Any] = {"dataset_uri": s["dataset_uri"]}
+    upstream = fetch
+    if spec.uses_features:
+        extract = ExtractFeaturesOperator(
+            task_id="extract_features",
+            model_uri=pull("fetch_pretrained", "model_uri"),
+            dataset_uri=s["dataset_uri"],
+            split_seed=s["seed"],
+            batch_size=s["batch_size"],
+            skip_corrupt=s["skip_corrupt"],
+            execution_timeout=timeouts["extract_features"],
+            **common,
+        )
+        fetch >> extract
+        upstream = extract
+        train_inputs = {"features_uri": pull("extract_features", "features_uri")}
+    train = FreezeAndTrainOperator(
+        task_id="train",
+        model_uri=pull("fetch_pretrained", "model_uri"),
+        freeze_layers=s["freeze_layers"] if spec.freeze_layers is None else spec.freeze_layers,
+        init=spec.init,
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        learning_rate=s["learning_rate"],
+        patience=s["patience"],
+        augment=False if spec.uses_features else s["augment"],
+        seed=s["seed"],
+        skip_corrupt=s["skip_corrupt"],
+        execution_timeout=timeouts["train"],
+        **train_inputs,
+        **common,
+    )
+    evaluate = EvaluateOperator(
+        task_id="evaluate",
+        model_uri=pull("train", "model_uri"),
+        dataset_uri=s["dataset_uri"],
+        registry_uri=s["registry_uri"],
+        model_name=s["model_name"],
+        gate_metric=s["gate_metric"],
+        min_improvement=s["min_improvement"],
+        min_score=s["min_score"],
+        seed=s["seed"],
+        batch_size=s["batch_size"],
+        skip_corrupt=s["skip_corrupt"],
+        context_extra={"strategy": spec.name},
+        outlets=outlets,
+        execution_timeout=timeouts["evaluate"],
+        **common,
+    )
+    upstream >> train >> evaluate
+
+
+def doc_md(spec: Strategy, dag_id: str) -> str:
+    """What the DAG's page in the UI says: which quadrant it serves and why."""
+    return f"""
+### {spec.title} (`{spec.name}`)
+
+**Serves: {spec.data} target data, {spec.similarity} similarity to the pretraining data.**
+
+Trains {spec.trains}. {spec.why}
+
+| | high similarity | low similarity |
+|---|---|---|
+| **small data** | feature_extraction | partial_freeze |
+| **large data** | full_finetune | from_scratch |
+
+Tasks: {" → ".join(_task_names(spec))}. Training checkpoints to S3 after every epoch, so a retry resumes
+where the failed try stopped. The evaluate task writes a registry version (model, `metrics.json`,
+`report.html`) under `<registry_uri>/<model_name>/versions/` and replaces `champion.json` only when the
+gate passes (`gate_metric`, `min_improvement`, `min_score`).
+
+Schedule: set `{_schedule_var(dag_id)}` (cron or preset such as `@weekly`) in the environment of the
+DAG processor; unset means manual runs only. See docs/strategies/{spec.name}.md.
+"""
+
+
+def _task_names(spec: Strategy) -> list[str]:
+    return ["fetch_pretrained", *(["extract_features"] if spec.uses_features else []), "train", "evaluate"]
+
+
+def _schedule_var(dag_id: str) -> str:
+    return f"AIRFLOW_TL_SCHEDULE_{re.sub(r'[^A-Za-z0-9]', '_', dag_id).upper()}"

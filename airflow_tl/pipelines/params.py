@@ -1,0 +1,141 @@
+"""The typed, documented Params of a strategy DAG: what the trigger form shows and ``-c '{...}'`` sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from airflow_tl.exceptions import InvalidArgumentError
+from airflow_tl.pipelines.strategies import Strategy
+
+S3_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
+SOURCE_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|torchvision://.+|https?://.+)$"
+GATE_METRICS = ["accuracy", "macro_f1", "log_loss", "calibration_error"]
+
+DEMO_BUCKET = "s3://airflow-tl-demo"
+DEMO_DEFAULTS: dict[str, Any] = {
+    "dataset_uri": f"{DEMO_BUCKET}/datasets/digits-5-9",
+    "pretrained_uri": f"{DEMO_BUCKET}/zoo/resnet18-digits-0-4",
+    "registry_uri": f"{DEMO_BUCKET}/registry",
+    "work_uri": f"{DEMO_BUCKET}/work",
+    "model_name": "digits-5-9",
+}
+# Defaults of the Params that neither the demo nor a strategy sets.
+GENERAL_DEFAULTS: dict[str, Any] = {
+    "image_size": None,
+    "seed": 0,
+    "patience": 3,
+    "augment": False,
+    "skip_corrupt": False,
+    "gate_metric": "accuracy",
+    "min_improvement": 0.0,
+    "min_score": None,
+}
+
+
+def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) -> dict[str, Param]:
+    """Params of ``strategy``'s DAG; ``defaults`` overrides the demo's defaults by Param name."""
+    d = {**DEMO_DEFAULTS, **GENERAL_DEFAULTS, **strategy.defaults, **(defaults or {})}
+    params: dict[str, Param] = {
+        "dataset_uri": Param(
+            d["dataset_uri"],
+            type="string",
+            pattern=S3_PATTERN,
+            description="s3:// prefix of the images: <prefix>/{train,val,test}/<class>/<image>, or "
+            "<prefix>/<class>/<image> to be split here (stratified, seeded)",
+        ),
+    }
+    if strategy.init == "random":
+        params["architecture"] = Param(
+            d["architecture"],
+            type="string",
+            minLength=1,
+            description="torchvision architecture to build, e.g. resnet18",
+        )
+        params["pretrained_uri"] = Param(
+            d["pretrained_uri"],
+            type=["null", "string"],
+            pattern=SOURCE_PATTERN,
+            description="optional source whose architecture and preprocessing to reuse; its weights are not used",
+        )
+        params["image_size"] = Param(
+            d["image_size"], type=["null", "integer"], minimum=8, description="input size (pixels) of the network"
+        )
+    else:
+        params["pretrained_uri"] = Param(
+            d["pretrained_uri"],
+            type="string",
+            pattern=SOURCE_PATTERN,
+            description="pretrained weights: an s3:// model folder, torchvision://<arch>/<WEIGHTS>, or "
+            "https://…/<name>-<sha256 prefix>.pth",
+        )
+        params["image_size"] = Param(
+            d["image_size"],
+            type=["null", "integer"],
+            minimum=8,
+            description="input size (pixels); default: the source's",
+        )
+    params |= {
+        "registry_uri": Param(
+            d["registry_uri"], type="string", pattern=S3_PATTERN, description="s3:// prefix of the model registry"
+        ),
+        "model_name": Param(
+            d["model_name"],
+            type="string",
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+            description="registry model name: versions and the champion live under <registry_uri>/<model_name>/",
+        ),
+        "work_uri": Param(
+            d["work_uri"], type="string", pattern=S3_PATTERN, description="s3:// prefix for intermediate outputs"
+        ),
+        "epochs": Param(d["epochs"], type="integer", minimum=1, description="maximum training epochs"),
+        "batch_size": Param(d["batch_size"], type="integer", minimum=1, description="images (or features) per step"),
+        "learning_rate": Param(
+            d["learning_rate"], type="number", exclusiveMinimum=0, description="peak learning rate (AdamW)"
+        ),
+        "patience": Param(
+            d["patience"],
+            type=["null", "integer"],
+            minimum=1,
+            description="stop after this many epochs without a better validation loss; null never stops early",
+        ),
+        "seed": Param(d["seed"], type="integer", description="seed of the split, initialisation and shuffling"),
+    }
+    if strategy.freeze_layers is None:
+        params["freeze_layers"] = Param(
+            d["freeze_layers"],
+            type="integer",
+            minimum=0,
+            description="number of leading blocks to freeze (ResNet: stem, layer1, ..., layer4)",
+        )
+    if not strategy.uses_features:
+        params["augment"] = Param(
+            d["augment"],
+            type="boolean",
+            description="light seeded augmentation of training images (crop, rotation, brightness)",
+        )
+    params |= {
+        "skip_corrupt": Param(
+            d["skip_corrupt"], type="boolean", description="leave out images that cannot be decoded instead of failing"
+        ),
+        "gate_metric": Param(d["gate_metric"], enum=GATE_METRICS, description="test metric the champion is judged on"),
+        "min_improvement": Param(
+            d["min_improvement"],
+            type="number",
+            minimum=0,
+            description="how much better than the champion the gate metric must be",
+        ),
+        "min_score": Param(
+            d["min_score"],
+            type=["null", "number"],
+            description="absolute bar the gate metric must reach to be promoted",
+        ),
+    }
+    unknown = sorted(set(defaults or {}) - set(params))
+    if unknown:
+        raise InvalidArgumentError(
+            f"Argument param_defaults has unknown Params for {strategy.name}: {', '.join(unknown)}. "
+            f"Known: {', '.join(params)}."
+        )
+    return params

@@ -1,0 +1,117 @@
+"""The DAG factory (airflow_tl.pipelines): strategies as data, settings checked, schedules from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_tl.exceptions import InvalidArgumentError
+from airflow_tl.pipelines import STRATEGIES, build_dag, build_task_group, get_strategy, schedule_from_env
+
+
+def test_the_four_strategies_cover_the_size_by_similarity_matrix():
+    quadrants = {(s.data, s.similarity): name for name, s in STRATEGIES.items()}
+    assert quadrants == {
+        ("small", "high"): "feature_extraction",
+        ("small", "low"): "partial_freeze",
+        ("large", "high"): "full_finetune",
+        ("large", "low"): "from_scratch",
+    }
+
+
+def test_an_unknown_strategy_names_the_argument_and_the_valid_ones():
+    message = (
+        "Argument strategy accepts only 'feature_extraction', 'partial_freeze', 'full_finetune' and 'from_scratch'. "
+        "Provided value: 'transfer_everything'."
+    )
+    with pytest.raises(InvalidArgumentError) as err:
+        build_dag("transfer_everything")
+    assert str(err.value) == message
+    with pytest.raises(InvalidArgumentError):
+        get_strategy("")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("none", None), ("@weekly", "@weekly"), ("0 3 * * 1", "0 3 * * 1")],
+)
+def test_schedule_comes_from_the_environment(monkeypatch, value, expected):
+    name = "AIRFLOW_TL_SCHEDULE_TL_FULL_FINETUNE"
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+    assert schedule_from_env("tl_full_finetune") == expected
+
+
+def test_a_scheduled_dag_gets_a_cron_timetable(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_TL_SCHEDULE_TL_NIGHTLY", "0 3 * * *")
+    dag = build_dag("full_finetune", dag_id="tl_nightly")
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable" and dag.timetable.expression == "0 3 * * *"
+    assert "AIRFLOW_TL_SCHEDULE_TL_NIGHTLY" in dag.doc_md
+
+
+def test_param_defaults_can_be_overridden_per_dag():
+    dag = build_dag("partial_freeze", dag_id="tl_pf", param_defaults={"freeze_layers": 2, "epochs": 20})
+    assert (dag.params["freeze_layers"], dag.params["epochs"]) == (2, 20)
+    assert dag.params["learning_rate"] == STRATEGIES["partial_freeze"].defaults["learning_rate"]
+
+
+def test_feature_extraction_trains_on_features_and_the_others_on_images():
+    for name in STRATEGIES:
+        dag = build_dag(name, dag_id=f"tl_x_{name}")
+        train = dag.get_task("train")
+        if name == "feature_extraction":
+            assert train.features_uri and not train.dataset_uri and train.freeze_layers == "all"
+            assert dag.get_task("extract_features").upstream_task_ids == {"fetch_pretrained"}
+        else:
+            assert train.dataset_uri == "{{ params.dataset_uri }}" and not train.features_uri
+        assert train.init == ("random" if name == "from_scratch" else "pretrained")
+        assert dag.get_task("evaluate").upstream_task_ids == {"train"}
+
+
+def test_a_task_group_needs_its_locations():
+    from airflow.sdk import DAG
+
+    with DAG(dag_id="user_dag", schedule=None), pytest.raises(InvalidArgumentError) as err:
+        build_task_group("full_finetune", settings={"dataset_uri": "s3://b/d", "epochs": 2, "lr": 1})
+    assert "missing: model_name, pretrained_uri, registry_uri, work_uri" in str(err.value)
+    assert "unknown: lr" in str(err.value)
+
+
+def test_a_task_group_prefixes_its_tasks_and_pulls_xcoms_within_itself():
+    from airflow.sdk import DAG
+
+    with DAG(dag_id="user_dag", schedule=None) as dag:
+        build_task_group(
+            "from_scratch",
+            group_id="nightly",
+            settings={"dataset_uri": "s3://b/d", "architecture": "resnet18", "registry_uri": "s3://b/r",
+                      "model_name": "m", "work_uri": "s3://b/w"},
+        )  # fmt: skip
+    assert sorted(dag.task_ids) == ["nightly.evaluate", "nightly.fetch_pretrained", "nightly.train"]
+    assert "task_ids='nightly.fetch_pretrained'" in dag.get_task("nightly.train").model_uri
+    assert dag.get_task("nightly.train").epochs == STRATEGIES["from_scratch"].defaults["epochs"]
+    assert {t.retries for t in dag.tasks} == {2}  # the factory's retries, so training resumes from checkpoints
+
+
+def test_every_param_default_can_be_overridden_and_unknown_ones_are_refused():
+    overrides = {"image_size": 64, "gate_metric": "macro_f1", "min_score": 0.8, "augment": True, "skip_corrupt": True}
+    dag = build_dag("full_finetune", dag_id="tl_ff", param_defaults=overrides)
+    assert {name: dag.params[name] for name in overrides} == overrides
+    with pytest.raises(InvalidArgumentError, match="unknown Params for full_finetune: freeze_layers"):
+        build_dag("full_finetune", dag_id="tl_ff2", param_defaults={"freeze_layers": 2})
+    scratch = build_dag("from_scratch", dag_id="tl_fs")
+    assert (scratch.params["pretrained_uri"], scratch.params["architecture"], scratch.params["image_size"]) == (
+        None, "resnet18", 32
+    )  # fmt: skip
+
+
+def test_timeouts_and_retries_can_be_set_per_task():
+    from datetime import timedelta
+
+    dag = build_dag(
+        "partial_freeze", dag_id="tl_pf_t", timeouts={"train": timedelta(hours=30)}, default_args={"retries": 5}
+    )
+    assert dag.get_task("train").execution_timeout == timedelta(hours=30)
+    assert dag.get_task("evaluate").execution_timeout == timedelta(hours=2)
+    assert {t.retries for t in dag.tasks} == {5}
