@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_tl.uris import slug
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -24,13 +26,6 @@ def native(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def run_slug(run_id: str) -> str:
-    """A run id made safe for an S3 key: run ids carry ':' and '+' from their timestamps."""
-    from airflow_tl.uris import slug
-
-    return slug(run_id)
 
 
 class TransferLearningBaseOperator(BaseOperator):
@@ -66,4 +61,4 @@ class TransferLearningBaseOperator(BaseOperator):
                 f"Task {self.task_id}: give {what} or work_uri (an s3:// prefix for run outputs)."
             )
         ti = context["ti"]
-        return f"{self.work_uri.rstrip('/')}/runs/{ti.dag_id}/{run_slug(ti.run_id)}/{ti.task_id}"
+        return f"{self.work_uri.rstrip('/')}/runs/{ti.dag_id}/{slug(ti.run_id)}/{ti.task_id}"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from airflow_tl.models.folder import load_model_folder
-from airflow_tl.operators.base import run_slug
+from airflow_tl.uris import slug as run_slug
 from tests.helpers import hub_file, keys_under, publish_model, random_state_dict
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_tl.models.folder import load_model_folder
-from airflow_tl.operators.base import run_slug
+from airflow_tl.uris import slug as run_slug
 
 
 def _conf(demo, dataset_uri: str, work: str, **extra) -> dict:
