@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from airflow_tl.settings import provider_config
+
 
 def get_provider_info() -> dict:
     return {
@@ -32,4 +34,5 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_tl.hooks.s3"],
             }
         ],
+        "config": provider_config(),
     }

@@ -13,7 +13,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError
+from airflow_tl.exceptions import InvalidArgumentError, PermanentError
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
@@ -24,8 +24,8 @@ SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
 
-class DatasetError(AirflowTLError, ValueError):
-    """A dataset whose layout or classes cannot be used."""
+class DatasetError(PermanentError, ValueError):
+    """A dataset whose layout, classes or images cannot be used: fixing the data, not retrying, helps."""
 
 
 @dataclass(frozen=True)

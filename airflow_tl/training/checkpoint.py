@@ -36,6 +36,9 @@ class TrainingState:
     scheduler: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
+    # Exact, unlike the history's rounded figures: a resumed run must pick the same best epoch as an
+    # uninterrupted one even when two epochs' losses agree to five decimals.
+    best_val_loss: float | None = None
     best_model: dict[str, torch.Tensor] | None = None  # None: the best is the current model
     torch_rng: torch.Tensor | None = None
     python_rng: Any = None
@@ -65,6 +68,7 @@ class CheckpointStore:
             "scheduler": state.scheduler,
             "history": state.history,
             "best_epoch": state.best_epoch,
+            "best_val_loss": state.best_val_loss,
             "has_best_model": state.best_model is not None,
             "python_rng": state.python_rng,
         }
@@ -94,6 +98,7 @@ class CheckpointStore:
             scheduler=pointer["scheduler"],
             history=pointer["history"],
             best_epoch=pointer["best_epoch"],
+            best_val_loss=pointer.get("best_val_loss"),
             best_model=best if pointer["has_best_model"] else None,
             torch_rng=tensors.get("rng.torch"),
             python_rng=pointer["python_rng"],

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from airflow_tl.exceptions import AirflowTLError
+from airflow_tl.exceptions import PermanentError
 from airflow_tl.models.card import Block
 from airflow_tl.models.freezing import train_mode
 from airflow_tl.training.checkpoint import CheckpointStore, TrainingState, python_rng_state, restore_python_rng
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-class TrainingDivergedError(AirflowTLError):
-    """The loss stopped being a finite number."""
+class TrainingDivergedError(PermanentError):
+    """The loss stopped being a finite number; seeded training would diverge again on a retry."""
 
 
 class BatchSource(Protocol):
@@ -117,7 +117,7 @@ def fit(
     history = state.history if state else []
     best_epoch = state.best_epoch if state else 0
     best_weights = (state.best_model or _clone(state.model)) if state else None
-    best_loss = _row(history, best_epoch)["val_loss"] if best_epoch else math.inf
+    best_loss = _best_loss(state) if state else math.inf
     first = state.epoch + 1 if state else 1
     started = time.monotonic()
     stopped_early = _patience_exhausted(history, best_epoch, config)
@@ -178,6 +178,7 @@ def fit(
                     scheduler=scheduler.state_dict(),
                     history=history,
                     best_epoch=best_epoch,
+                    best_val_loss=best_loss,
                     best_model=best_weights if best_epoch != epoch else None,
                     torch_rng=torch.get_rng_state(),
                     python_rng=python_rng_state(),
@@ -195,6 +196,13 @@ def fit(
 
 def _row(history: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
     return next(h for h in history if h["epoch"] == epoch)
+
+
+def _best_loss(state: TrainingState) -> float:
+    """The exact best validation loss; checkpoints written before it was kept fall back to the history's."""
+    if state.best_val_loss is not None:
+        return state.best_val_loss
+    return _row(state.history, state.best_epoch)["val_loss"] if state.best_epoch else math.inf
 
 
 def _clone(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
