@@ -1,7 +1,8 @@
-"""Image datasets in S3: one listing, the layout and classes it implies, and a deterministic split.
+"""Image datasets in S3: one listing, the layout and classes it implies, and a stable split.
 
-Layouts (DESIGN.md): ``<prefix>/{train,val,test}/<class>/<image>``, or ``<prefix>/<class>/<image>``
-which is split here, stratified and seeded, so every run and every task sees the same split.
+Layouts (DESIGN.md, data/layout.py): ``<prefix>/{train,val,test}/<class>/<image>``, or ``<prefix>/<class>/<image>``
+whose images are split by a hash of their keys (data/split.py), so every run and every task sees the same
+split and adding images never moves old ones.
 """
 
 from __future__ import annotations
@@ -9,19 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from airflow_tl.exceptions import InvalidArgumentError, PermanentError
+from airflow_tl.data.layout import SPLITS, LayoutError, place
+from airflow_tl.data.manifest import DataManifest
+from airflow_tl.data.split import DEFAULT_FRACTIONS, assign_splits
+from airflow_tl.exceptions import PermanentError
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-SPLITS = ("train", "val", "test")
-DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+__all__ = ["SPLITS", "DatasetError", "ImageDataset", "ImageItem", "class_mapping", "list_dataset"]
 
 
 class DatasetError(PermanentError, ValueError):
@@ -58,73 +61,104 @@ class ImageDataset:
         payload = [self.uri, self.class_names, [(i.key, i.etag, i.split, i.label) for i in self.items]]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
+    def manifest(self) -> DataManifest:
+        """Which images (key, ETag) are in which split: what a model trained on this listing saw."""
+        splits = {name: [(i.key, i.etag) for i in self.items if i.split == name] for name in SPLITS}
+        return DataManifest(self.uri, self.fingerprint(), list(self.class_names), splits)
+
+    def only(self, keys: set[str]) -> ImageDataset:
+        """The same dataset restricted to ``keys`` (classes and their indices unchanged)."""
+        return replace(self, items=[i for i in self.items if i.key in keys])
+
 
 def list_dataset(
     store: S3Store,
     uri: str,
     *,
     seed: int = 0,
+    layout: str = "auto",
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     for_training: bool = True,
 ) -> ImageDataset:
     """List a dataset once and work out its layout, classes and split.
 
-    ``for_training`` requires training and validation images for every class; evaluation needs only a test split.
+    ``layout`` is ``"auto"``, ``"splits"`` or ``"classes"`` (data/layout.py). ``for_training`` requires
+    training and validation images for every class; evaluation needs only a test split.
     """
     root = parse_s3_uri(uri, what="Dataset URI")
     objects = store.list(root)
     prefix = root.folder_key
-    images, markers, ignored = [], set(), 0
+    images, markers, ignored = [], set(), []
     for obj in objects:
         rel = obj.key[len(prefix) :]
+        name = rel.rsplit("/", 1)[-1]
         if rel.endswith("/"):
             markers.add(rel.rstrip("/"))  # folder markers written by consoles and sync tools
-        elif rel.lower().endswith(IMAGE_EXTENSIONS):
-            images.append((rel.split("/"), obj))
+        elif name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+            images.append((rel, obj))
         else:
-            ignored += 1
+            ignored.append(rel)
     if not images:
         raise DatasetError(
-            f"Dataset {uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}); found {len(objects)} objects."
+            f"Dataset {uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any case); found {len(objects)} objects."
         )
-    if ignored:
-        log.info("Ignored %d objects under %s that are not images", ignored, uri)
-
-    split_layout = all(len(parts) >= 2 and parts[0] in SPLITS for parts, _ in images)
-    class_of = (lambda parts: parts[1]) if split_layout else (lambda parts: parts[0])
-    depth = 3 if split_layout else 2
-    loose = next(("/".join(parts) for parts, _ in images if len(parts) < depth), None)
-    if loose is not None:
-        expected = "<split>/<class>/<image>" if split_layout else "<class>/<image>"
-        raise DatasetError(f"Dataset {uri} has images outside class folders (e.g. {loose}); expected {expected}.")
-    class_names = sorted({class_of(parts) for parts, _ in images})
-    _check_classes(uri, class_names, markers, split_layout)
+    _report_ignored(uri, ignored)
+    try:
+        layout, placed = place([rel for rel, _ in images], layout)
+    except LayoutError as err:
+        raise DatasetError(f"Dataset {uri} {err}") from None
+    class_names = sorted({p.class_name for p in placed})
+    _check_classes(uri, class_names, markers, layout == "splits")
     index = {name: i for i, name in enumerate(class_names)}
-
-    if split_layout:
-        items = [ImageItem(o.key, o.etag, o.size, index[parts[1]], parts[0]) for parts, o in images]
-    else:
-        items = _stratified_split([(o, index[parts[0]]) for parts, o in images], seed, fractions)
-    dataset = ImageDataset(
-        uri.rstrip("/"),
-        root.bucket,
-        class_names,
-        sorted(items, key=lambda i: i.key),
-        "splits" if split_layout else "classes",
-    )
+    splits = _splits(placed, seed, fractions)
+    items = [
+        ImageItem(obj.key, obj.etag, obj.size, index[p.class_name], splits[p.rel])
+        for p, (_, obj) in zip(placed, images, strict=True)
+    ]
+    dataset = ImageDataset(uri.rstrip("/"), root.bucket, class_names, sorted(items, key=lambda i: i.key), layout)
     if for_training:
         _check_training_split(dataset)
     log.info(
-        "Dataset %s: %d classes, %s (%s layout)",
+        "Dataset %s: %d classes, %s (%s)",
         uri,
         len(class_names),
         ", ".join(f"{n} {s}" for s, n in dataset.counts().items()),
-        "train/val/test" if split_layout else f"split here, seed {seed}",
+        "train/val/test folders" if layout == "splits" else f"class folders split by key hash with seed {seed}",
     )
     return dataset
 
 
-def _check_classes(uri, class_names, markers, split_layout) -> None:
+def _splits(placed, seed: int, fractions) -> dict[str, str]:
+    fixed = {p.rel: p.split for p in placed if p.split is not None}
+    by_class: dict[str, list[str]] = {}
+    for p in placed:
+        if p.split is None:
+            by_class.setdefault(p.class_name, []).append(p.rel)
+    return fixed | assign_splits(sorted(by_class.items()), seed=seed, fractions=fractions)
+
+
+def _report_ignored(uri: str, ignored: list[str]) -> None:
+    """One log line for everything that is not an image, by extension, so stray files are seen but not fatal."""
+    if not ignored:
+        return
+    kinds = Counter(_extension(rel) for rel in ignored)
+    log.warning(
+        "Ignored %d objects under %s that are not images (%s), e.g. %s",
+        len(ignored),
+        uri,
+        ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
+        ", ".join(ignored[:3]),
+    )
+
+
+def _extension(rel: str) -> str:
+    name = rel.rsplit("/", 1)[-1]
+    if name.startswith("."):
+        return "hidden files"
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else "no extension"
+
+
+def _check_classes(uri: str, class_names: list[str], markers: set[str], split_layout: bool) -> None:
     marker_classes = {m.split("/")[-1] for m in markers if m.count("/") == (1 if split_layout else 0)}
     empty = sorted(marker_classes - set(class_names))
     if empty:
@@ -144,25 +178,6 @@ def _check_training_split(dataset: ImageDataset) -> None:
         raise DatasetError(
             f"Dataset {dataset.uri} has no validation images; add a val/ split or more images per class."
         )
-
-
-def _stratified_split(labelled, seed: int, fractions: tuple[float, float, float]) -> list[ImageItem]:
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise InvalidArgumentError(
-            f"Argument split_fractions must be three non-negative numbers summing to 1. Provided value: {fractions!r}."
-        )
-    by_class: dict[int, list] = {}
-    for obj, label in sorted(labelled, key=lambda pair: pair[0].key):
-        by_class.setdefault(label, []).append(obj)
-    items = []
-    for label, objs in sorted(by_class.items()):
-        random.Random(f"{seed}:{label}").shuffle(objs)  # per-class streams: adding a class moves no other class
-        n_val = round(len(objs) * fractions[1]) if len(objs) >= 3 else 0
-        n_test = round(len(objs) * fractions[2]) if len(objs) >= 3 else 0
-        n_val, n_test = max(n_val, 1 if len(objs) >= 3 else 0), max(n_test, 1 if len(objs) >= 3 else 0)
-        splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (len(objs) - n_val - n_test)
-        items += [ImageItem(o.key, o.etag, o.size, label, s) for o, s in zip(objs, splits, strict=True)]
-    return items
 
 
 def class_mapping(dataset: ImageDataset, model_classes: list[str], *, new_head: bool, model_uri: str) -> list[str]:
