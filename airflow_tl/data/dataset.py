@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from airflow_tl.data.layout import SPLITS, LayoutError, place
-from airflow_tl.data.manifest import DataManifest
+from airflow_tl.data.manifest import DataManifest, describe_change
 from airflow_tl.data.split import DEFAULT_FRACTIONS, assign_splits
 from airflow_tl.exceptions import PermanentError
 from airflow_tl.storage.s3 import S3Store
@@ -24,11 +24,24 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
-__all__ = ["SPLITS", "DatasetError", "ImageDataset", "ImageItem", "class_mapping", "list_dataset"]
+__all__ = [
+    "SPLITS",
+    "DatasetChangedError",
+    "DatasetError",
+    "ImageDataset",
+    "ImageItem",
+    "check_unchanged",
+    "class_mapping",
+    "list_dataset",
+]
 
 
 class DatasetError(PermanentError, ValueError):
     """A dataset whose layout, classes or images cannot be used: fixing the data, not retrying, helps."""
+
+
+class DatasetChangedError(DatasetError):
+    """The dataset changed between two tasks of one run, so their results would not belong together."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,17 @@ def _check_training_split(dataset: ImageDataset) -> None:
         raise DatasetError(
             f"Dataset {dataset.uri} has no validation images; add a val/ split or more images per class."
         )
+
+
+def check_unchanged(dataset: ImageDataset, earlier: DataManifest, *, since: str) -> None:
+    """Fail, saying what changed, when ``dataset`` is not the listing ``earlier`` recorded (``since``: by whom)."""
+    if dataset.fingerprint() == earlier.fingerprint:
+        return
+    change = describe_change(earlier, dataset.manifest())
+    raise DatasetChangedError(
+        f"Dataset {dataset.uri} changed since {since} listed it: {change}. The model was trained on the earlier "
+        "listing, so evaluating it on this one would mix two datasets. Run the DAG again once the data is stable."
+    )
 
 
 def class_mapping(dataset: ImageDataset, model_classes: list[str], *, new_head: bool, model_uri: str) -> list[str]:

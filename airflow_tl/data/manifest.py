@@ -10,12 +10,14 @@ under them.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_tl.data.layout import SPLITS
-from airflow_tl.exceptions import PermanentError
+from airflow_tl.exceptions import IntegrityError, ObjectNotFoundError, PermanentError
+from airflow_tl.storage.s3 import S3Store
 
 MANIFEST_FILE = "data_manifest.json.gz"
 FORMAT_VERSION = 1
@@ -62,6 +64,23 @@ class DataManifest:
             list(document["class_names"]),
             {split: [(k, e) for k, e in document["splits"].get(split, [])] for split in SPLITS},
         )
+
+
+def read_manifest(store: S3Store, folder_uri: str, *, sha256: str | None = None) -> DataManifest | None:
+    """The manifest in a model folder or registry version; None when it has none (made before manifests existed).
+
+    With ``sha256`` (from the model card's lineage) the file must match it.
+    """
+    uri = f"{folder_uri.rstrip('/')}/{MANIFEST_FILE}"
+    try:
+        raw = store.get_bytes(uri)
+    except ObjectNotFoundError:
+        if sha256:
+            raise IntegrityError(f"{uri} is missing, but the model card says it holds sha256 {sha256}.") from None
+        return None
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise IntegrityError(f"sha256 mismatch for {uri}: it was modified after the model was trained.")
+    return DataManifest.from_bytes(raw, uri=uri)
 
 
 def _problems(document: Any) -> list[str]:

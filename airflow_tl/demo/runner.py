@@ -36,6 +36,22 @@ def _run(command: list[str], log_path: Path, what: str, env: dict[str, str]) -> 
     print(f"  {what}: ok ({time.monotonic() - started:.0f}s, log {log_path})", flush=True)
 
 
+def demo_conf(strategy: str, uris) -> dict:
+    """The demo's settings, all passed explicitly: the product's defaults are not the demo's."""
+    conf = {
+        "dataset_uri": uris.target_dataset,
+        "registry_uri": uris.registry,
+        "work_uri": uris.work,
+        "model_name": MODEL_NAME,
+    }
+    if strategy == "from_scratch":
+        # The same architecture as the source, from random weights, at the digits' 32 px.
+        conf |= {"architecture": "resnet18", "image_size": 32, "pretrained_uri": None}
+    else:
+        conf["pretrained_uri"] = uris.source_model
+    return conf
+
+
 def run_demo(
     *, aws_conn_id: str, bucket: str, seed: int, force: bool, epochs: int = 8, train_epochs: int | None = None
 ) -> int:
@@ -66,9 +82,7 @@ def run_demo(
         uris = DemoURIs(bucket)
         started = datetime.now(UTC).isoformat(timespec="seconds")
         for strategy in STRATEGIES:
-            conf = {"dataset_uri": uris.target_dataset, "registry_uri": uris.registry, "work_uri": uris.work}
-            if strategy != "from_scratch":  # from scratch builds the architecture, without pretrained weights
-                conf["pretrained_uri"] = uris.source_model
+            conf = demo_conf(strategy, uris)
             if train_epochs:
                 conf["epochs"] = train_epochs
             dag_id = f"tl_{strategy}"

@@ -19,8 +19,17 @@ log = logging.getLogger(__name__)
 class Predictions:
     probs: torch.Tensor  # (N, C) softmax, C = the model's classes
     labels: torch.Tensor  # (N,) indices into class_names
+    keys: list[str]  # (N,) the images, in row order
     class_names: list[str]
     skipped_corrupt: list[str]
+
+    def only(self, keys: set[str]) -> Predictions:
+        """The rows of ``keys`` (in this prediction's order)."""
+        rows = [i for i, key in enumerate(self.keys) if key in keys]
+        index = torch.tensor(rows, dtype=torch.long)
+        return Predictions(
+            self.probs[index], self.labels[index], [self.keys[i] for i in rows], self.class_names, self.skipped_corrupt
+        )
 
 
 def unknown_classes(dataset: ImageDataset, split: str, model_classes: list[str]) -> list[str]:
@@ -55,12 +64,13 @@ def predict(
     # Dataset labels index the dataset's sorted classes; the metrics need the model's order.
     to_model = torch.tensor([card.class_names.index(c) if c in card.class_names else -1 for c in dataset.class_names])
     stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
-    probs, labels = [], []
+    probs, labels, keys = [], [], []
     with torch.inference_mode():
         for batch in stream.batches(split):
             probs.append(torch.softmax(model(batch.x).float(), dim=1))
             labels.append(to_model[batch.y])
+            keys += batch.keys
     if not probs:
         raise DatasetError(f"Every {split} image of {dataset.uri} was skipped as corrupt; nothing to evaluate.")
     log.info("Predicted %d %s images of %s with %s", sum(len(y) for y in labels), split, dataset.uri, model_uri)
-    return Predictions(torch.cat(probs), torch.cat(labels), list(card.class_names), sorted(stream.skipped))
+    return Predictions(torch.cat(probs), torch.cat(labels), keys, list(card.class_names), sorted(stream.skipped))

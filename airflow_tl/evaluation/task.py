@@ -1,7 +1,8 @@
 """One evaluation, start to finish: the plain-Python core of EvaluateOperator.
 
-Score the trained model on the test split, write a complete registry version (model folder, plots,
-report, then ``metrics.json``), score the champion on the same split, and promote through the gate.
+Check that the dataset is the one the model was trained on, score the model on the test split, write a
+complete registry version (model folder with its data manifest, plots, report, then ``metrics.json``),
+compare it with the champion on test images neither has seen, and promote through the gate.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_tl.data.dataset import list_dataset
+from airflow_tl.data.dataset import check_unchanged, list_dataset
+from airflow_tl.data.manifest import read_manifest
+from airflow_tl.evaluation.compare import compare_with_champion
 from airflow_tl.evaluation.metrics import Metrics, compute_metrics
-from airflow_tl.evaluation.predict import predict, unknown_classes
+from airflow_tl.evaluation.predict import predict
 from airflow_tl.evaluation.report import render_plots, render_report
 from airflow_tl.models.folder import read_card
-from airflow_tl.registry.promotion import Decision, Gate, promote_if_better
+from airflow_tl.registry.promotion import Comparison, Decision, Gate, promote_if_better
 from airflow_tl.registry.store import REPORT_FILE, Champion, Registry
 from airflow_tl.storage.s3 import S3Store
 
@@ -44,6 +47,7 @@ class EvaluationResult:
             "reason": decision.reason if decision else "promotion disabled (promote=False)",
             "champion_before": decision.champion_before if decision else None,
             "champion_score": decision.champion_score if decision else None,
+            "images_compared": decision.images_compared if decision else None,
             "written": self.written,
             "skipped_corrupt": self.skipped_corrupt,
         }
@@ -60,6 +64,7 @@ def evaluate_and_register(
     gate: Gate,
     promote: bool = True,
     seed: int = 0,
+    layout: str = "auto",
     batch_size: int = 64,
     threads: int = 8,
     skip_corrupt: bool = False,
@@ -68,8 +73,11 @@ def evaluate_and_register(
     """``context`` (dag_id, run_id, strategy, ...) is recorded in the version, the pointer and the history."""
     context = dict(context or {})
     registry = Registry(store, registry_uri, model_name)
-    dataset = list_dataset(store, dataset_uri, seed=seed, for_training=False)
     card = read_card(store, model_uri)
+    trained_on = read_manifest(store, model_uri, sha256=card.lineage.get("data_manifest_sha256"))
+    dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout, for_training=False)
+    if trained_on is not None and trained_on.dataset_uri == dataset.uri:
+        check_unchanged(dataset, trained_on, since=f"the training of {model_uri}")
     started = time.monotonic()
     predictions = predict(store, model_uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
     metrics = compute_metrics(predictions.probs, predictions.labels, predictions.class_names)
@@ -80,25 +88,31 @@ def evaluate_and_register(
         time.monotonic() - started,
     )
 
-    scores: dict[str, float | None] = {}
+    comparisons: dict[str, Comparison] = {}
 
-    def score_champion(champion: Champion) -> float | None:
-        """The champion's gate metric on this very test split, computed once per champion."""
-        if champion.version not in scores:
-            scores[champion.version] = _score(store, registry, champion, dataset, card.class_names, gate, batch_size)
-        return scores[champion.version]
+    def compare(champion: Champion) -> Comparison:
+        """The candidate against ``champion`` on images neither has seen, computed once per champion."""
+        if champion.version not in comparisons:
+            comparisons[champion.version] = compare_with_champion(
+                store, registry, champion, candidate=predictions, dataset=dataset, gate=gate,
+                batch_size=batch_size, threads=threads,
+            )  # fmt: skip
+        return comparisons[champion.version]
 
     state = registry.champion()
     before = state.champion
-    before_score = score_champion(before) if before is not None else None
+    at_evaluation = compare(before) if before is not None else None
     facts = {
         "model": f"{model_name} version {version}",
         "registry": registry.version_uri(version),
         "trained from": str(card.lineage.get("parent", "")),
         "dataset": dataset.uri,
         "test images": str(metrics.n),
-        "gate": f"{gate.metric}, min_improvement {gate.min_improvement}, min_score {gate.min_score}",
-        "champion at evaluation": _describe_champion(before, before_score, gate, state.problem),
+        "gate": (
+            f"{gate.metric}, min_improvement {gate.min_improvement}, min_score {gate.min_score}, "
+            f"min_test_images {gate.min_test_images}, on_class_change {gate.on_class_change}"
+        ),
+        "champion at evaluation": _describe_champion(before, at_evaluation, gate, state.problem),
         **{k: str(v) for k, v in context.items()},
     }
     plots = render_plots(card.history, metrics)
@@ -110,7 +124,12 @@ def evaluate_and_register(
         "dataset_fingerprint": dataset.fingerprint(),
         "split": "test",
         "gate": asdict(gate),
-        "champion_at_evaluation": {"version": before.version if before else None, "score": before_score},
+        "champion_at_evaluation": {
+            "version": before.version if before else None,
+            "score": at_evaluation.champion_score if at_evaluation else None,
+            # How many test images the comparison used, and how many the champion's manifest ruled out.
+            "comparison": at_evaluation.summary() if at_evaluation else None,
+        },
         "training": card.training,
         "context": context,
     }
@@ -128,8 +147,9 @@ def evaluate_and_register(
             registry,
             version=version,
             score=metrics.summary()[gate.metric],
+            images=metrics.n,
             gate=gate,
-            score_champion=score_champion,
+            compare=compare,
             context={**context, "metrics": metrics.summary()},
         )
     return EvaluationResult(
@@ -137,24 +157,18 @@ def evaluate_and_register(
     )
 
 
-def _score(store, registry: Registry, champion: Champion, dataset, classes: list[str], gate: Gate, batch_size: int):
-    uri = registry.version_uri(champion.version)
-    champion_classes = read_card(store, uri).class_names
-    if champion_classes != classes or unknown_classes(dataset, "test", champion_classes):
-        log.warning(
-            "Champion %s predicts %s, the candidate %s: they cannot be compared on the same test split",
-            champion.version, champion_classes, classes,
-        )  # fmt: skip
-        return None
-    predictions = predict(store, uri, dataset, batch_size=batch_size, skip_corrupt=True)
-    score = compute_metrics(predictions.probs, predictions.labels, predictions.class_names).summary()[gate.metric]
-    log.info("Champion %s scores %s %.4f on the same test split", champion.version, gate.metric, score)
-    return score
-
-
-def _describe_champion(champion: Champion | None, score: float | None, gate: Gate, problem: str | None) -> str:
+def _describe_champion(
+    champion: Champion | None, comparison: Comparison | None, gate: Gate, problem: str | None
+) -> str:
     if champion is None:
         return f"none ({problem})" if problem else "none"
-    if score is None:
-        return f"{champion.version} (not comparable: different classes)"
-    return f"{champion.version}, {gate.metric} {score:.4f} on this test split"
+    if comparison is None or comparison.classes_differ:
+        return f"{champion.version} (not comparable: {comparison.note if comparison else 'no comparison'})"
+    if comparison.champion_score is None:
+        return f"{champion.version} (no test images that neither model trained or validated on)"
+    text = (
+        f"{champion.version}: {gate.metric} {comparison.champion_score:.4f} against this model's "
+        f"{comparison.score:.4f} on {comparison.images} test images neither trained or validated on "
+        f"({comparison.excluded} left out as the champion's)"
+    )
+    return text + (f"; {comparison.note}" if comparison.note else "")

@@ -20,6 +20,7 @@ from safetensors.torch import load, save
 
 from airflow_tl.data.dataset import SPLITS, ImageDataset
 from airflow_tl.data.loader import ImageStream
+from airflow_tl.data.manifest import MANIFEST_FILE
 from airflow_tl.exceptions import AirflowTLError, IntegrityError, InvalidArgumentError
 from airflow_tl.features.backbone import as_feature_extractor
 from airflow_tl.models.card import ModelCard
@@ -30,7 +31,8 @@ from airflow_tl.uris import parse_s3_uri
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
+# 2: the folder holds the data manifest of the listing it was extracted from.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -111,6 +113,8 @@ def extract_features(
             flush(batch.split)
     for split in SPLITS:
         flush(split)
+    manifest = dataset.manifest().to_bytes()
+    store.put_bytes(folder.join(MANIFEST_FILE), manifest)
     rate = sum(counts.values()) / max(time.monotonic() - started, 1e-9)
     log.info("Extracted %s features (%.0f images/s)", ", ".join(f"{n} {s}" for s, n in counts.items()), rate)
     index = {
@@ -122,6 +126,7 @@ def extract_features(
         "class_names": dataset.class_names,
         "dataset_uri": dataset.uri,
         "dataset_fingerprint": dataset.fingerprint(),
+        "data_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         "input": asdict(card.input),
         "counts": counts,
         "shards": shards,
@@ -153,6 +158,15 @@ def read_features_index(store: S3Store, features_uri: str) -> dict:
     if index is None:
         raise InvalidArgumentError(f"{features_uri} is not a complete features folder (no {INDEX_FILE}).")
     return index
+
+
+def read_features_manifest(store: S3Store, features_uri: str, index: dict) -> bytes:
+    """The data manifest of the listing the features were extracted from, checked against the index."""
+    uri = f"{features_uri.rstrip('/')}/{MANIFEST_FILE}"
+    data = store.get_bytes(uri)
+    if hashlib.sha256(data).hexdigest() != index["data_manifest_sha256"]:
+        raise IntegrityError(f"sha256 mismatch for {uri}; the features folder was modified.")
+    return data
 
 
 def load_split(store: S3Store, features_uri: str, index: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,9 +39,17 @@ def read_card(store: S3Store, uri: str | S3URI) -> ModelCard:
 
 
 def save_model_folder(
-    store: S3Store, uri: str | S3URI, state_dict: dict[str, torch.Tensor], card: ModelCard
+    store: S3Store,
+    uri: str | S3URI,
+    state_dict: dict[str, torch.Tensor],
+    card: ModelCard,
+    *,
+    files: dict[str, bytes] | None = None,
 ) -> ModelCard:
-    """Write weights, then the card with their sha256. Returns the card as written."""
+    """Write weights and ``files`` (such as the data manifest), then the card with the weights' sha256.
+
+    Returns the card as written.
+    """
     folder = _folder(uri)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     check_head_matches(tensors, card, source=str(folder))
@@ -55,6 +63,8 @@ def save_model_folder(
         store.upload_file(path, folder.join(WEIGHTS_FILE))
     finally:
         os.unlink(path)
+    for name, data in sorted((files or {}).items()):
+        store.put_bytes(folder.join(name), data)
     store.put_bytes(folder.join(CARD_FILE), card.to_json(), content_type="application/json")
     log.info(
         "Wrote model folder %s (%s, %d classes, sha256 %s)",

@@ -29,8 +29,12 @@ class EvaluateOperator(TransferLearningBaseOperator):
     :param gate_metric: ``accuracy``, ``macro_f1``, ``log_loss`` or ``calibration_error``. (templated)
     :param min_improvement: how much better than the champion the gate metric must be. (templated)
     :param min_score: absolute bar the gate metric must reach, if any. (templated)
+    :param min_test_images: fewest test images (unseen by both models) the gate will promote on. (templated)
+    :param on_class_change: when the candidate's classes differ from the champion's: ``"keep"`` the champion
+        (recorded with the reason), ``"promote"`` the candidate, or ``"fail"`` the task. (templated)
     :param promote: run the gate; False registers the version without touching the champion. (templated)
     :param seed: seed of the split for datasets without train/val/test folders: use training's. (templated)
+    :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
     :param batch_size: images per forward pass. (templated)
     :param skip_corrupt: leave out test images that cannot be decoded instead of failing. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
@@ -47,8 +51,11 @@ class EvaluateOperator(TransferLearningBaseOperator):
         "gate_metric",
         "min_improvement",
         "min_score",
+        "min_test_images",
+        "on_class_change",
         "promote",
         "seed",
+        "layout",
         "batch_size",
         "skip_corrupt",
         "threads",
@@ -67,8 +74,11 @@ class EvaluateOperator(TransferLearningBaseOperator):
         gate_metric: str = "accuracy",
         min_improvement: float = 0.0,
         min_score: float | None = None,
+        min_test_images: int = 50,
+        on_class_change: str = "keep",
         promote: bool = True,
         seed: int = 0,
+        layout: str = "auto",
         batch_size: int = 64,
         skip_corrupt: bool = False,
         threads: int = 8,
@@ -84,8 +94,11 @@ class EvaluateOperator(TransferLearningBaseOperator):
         self.gate_metric = gate_metric
         self.min_improvement = min_improvement
         self.min_score = min_score
+        self.min_test_images = min_test_images
+        self.on_class_change = on_class_change
         self.promote = promote
         self.seed = seed
+        self.layout = layout
         self.batch_size = batch_size
         self.skip_corrupt = skip_corrupt
         self.threads = threads
@@ -99,7 +112,13 @@ class EvaluateOperator(TransferLearningBaseOperator):
         from airflow_tl.registry.store import version_id
 
         ti = context["ti"]
-        gate = Gate(native(self.gate_metric), native(self.min_improvement), native(self.min_score))
+        gate = Gate(
+            native(self.gate_metric),
+            native(self.min_improvement),
+            native(self.min_score),
+            native(self.min_test_images),
+            self.on_class_change,
+        )
         version = self.version or version_id(ti.dag_id, ti.run_id)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
         self.log.info(
@@ -115,6 +134,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
             gate=gate,
             promote=native(self.promote),
             seed=native(self.seed),
+            layout=self.layout,
             batch_size=native(self.batch_size),
             threads=native(self.threads),
             skip_corrupt=native(self.skip_corrupt),

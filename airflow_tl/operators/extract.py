@@ -28,6 +28,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
     :param skip_corrupt: leave out images that cannot be decoded (counted in the log and XCom)
         instead of failing with their keys. (templated)
     :param split_seed: seed of the split when the dataset has no train/val/test folders. (templated)
+    :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -39,6 +40,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         "threads",
         "skip_corrupt",
         "split_seed",
+        "layout",
     )
     ui_color = "#eaf5ea"
 
@@ -52,6 +54,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         threads: int = 8,
         skip_corrupt: bool = False,
         split_seed: int = 0,
+        layout: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -62,6 +65,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         self.threads = threads
         self.skip_corrupt = skip_corrupt
         self.split_seed = split_seed
+        self.layout = layout
 
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
@@ -72,7 +76,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         root = self.features_root or (f"{self.work_uri.rstrip('/')}/features" if self.work_uri else None)
         if not root:
             raise InvalidArgumentError(f"Task {self.task_id}: give features_root or work_uri (an s3:// prefix).")
-        dataset = list_dataset(self.store, self.dataset_uri, seed=native(self.split_seed))
+        dataset = list_dataset(self.store, self.dataset_uri, seed=native(self.split_seed), layout=self.layout)
         result = extract_features(
             self.store,
             model_uri=self.model_uri,

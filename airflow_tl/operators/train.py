@@ -46,6 +46,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     :param output_uri: model folder to write; default ``<run prefix>/model``. (templated)
     :param checkpoint_uri: checkpoint folder; default ``<run prefix>/checkpoints``. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
+    :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -71,6 +72,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "output_uri",
         "checkpoint_uri",
         "threads",
+        "layout",
     )
     ui_color = "#fdf1e0"
 
@@ -98,6 +100,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         output_uri: str | None = None,
         checkpoint_uri: str | None = None,
         threads: int = 8,
+        layout: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,6 +125,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.output_uri = output_uri
         self.checkpoint_uri = checkpoint_uri
         self.threads = threads
+        self.layout = layout
 
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
@@ -158,6 +162,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             reset_head=native(self.reset_head),
             skip_corrupt=native(self.skip_corrupt),
             threads=native(self.threads),
+            layout=self.layout,
         )
         summary = result.summary()
         self.log.info(

@@ -26,7 +26,7 @@ from airflow_tl.pipelines.strategies import Strategy, get_strategy
 SETTINGS = (
     "dataset_uri", "pretrained_uri", "architecture", "image_size", "registry_uri", "model_name", "work_uri",
     "epochs", "batch_size", "learning_rate", "patience", "seed", "freeze_layers", "augment", "skip_corrupt",
-    "gate_metric", "min_improvement", "min_score",
+    "gate_metric", "min_improvement", "min_score", "min_test_images", "on_class_change", "layout",
 )  # fmt: skip
 TIMEOUTS = {
     "fetch_pretrained": timedelta(hours=1),
@@ -162,6 +162,7 @@ def _add_tasks(
             model_uri=pull("fetch_pretrained", "model_uri"),
             dataset_uri=s["dataset_uri"],
             split_seed=s["seed"],
+            layout=s["layout"],
             batch_size=s["batch_size"],
             skip_corrupt=s["skip_corrupt"],
             execution_timeout=timeouts["extract_features"],
@@ -181,6 +182,7 @@ def _add_tasks(
         patience=s["patience"],
         augment=False if spec.uses_features else s["augment"],
         seed=s["seed"],
+        layout=s["layout"],
         skip_corrupt=s["skip_corrupt"],
         execution_timeout=timeouts["train"],
         **train_inputs,
@@ -195,7 +197,10 @@ def _add_tasks(
         gate_metric=s["gate_metric"],
         min_improvement=s["min_improvement"],
         min_score=s["min_score"],
+        min_test_images=s["min_test_images"],
+        on_class_change=s["on_class_change"],
         seed=s["seed"],
+        layout=s["layout"],
         batch_size=s["batch_size"],
         skip_corrupt=s["skip_corrupt"],
         context_extra={"strategy": spec.name},

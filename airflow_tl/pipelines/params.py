@@ -31,6 +31,9 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "gate_metric": "accuracy",
     "min_improvement": 0.0,
     "min_score": None,
+    "min_test_images": 50,
+    "on_class_change": "keep",
+    "layout": "auto",
 }
 
 
@@ -43,7 +46,14 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             type="string",
             pattern=S3_PATTERN,
             description="s3:// prefix of the images: <prefix>/{train,val,test}/<class>/<image>, or "
-            "<prefix>/<class>/<image> to be split here (stratified, seeded)",
+            "<prefix>/<class>/<image> to be split here by a hash of each key (stable as the data grows)",
+        ),
+        "layout": Param(
+            d["layout"],
+            enum=["auto", "splits", "classes"],
+            description="how to read dataset_uri's folders: 'splits' (train/val/test/<class>/), 'classes' "
+            "(<class>/, split by key hash), or 'auto', which refuses anything ambiguous such as Train/ or "
+            "validation/ folders or class folders beside split folders",
         ),
     }
     if strategy.init == "random":
@@ -130,6 +140,19 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             d["min_score"],
             type=["null", "number"],
             description="absolute bar the gate metric must reach to be promoted",
+        ),
+        "min_test_images": Param(
+            d["min_test_images"],
+            type="integer",
+            minimum=1,
+            description="fewest test images, unseen by both the candidate and the champion, that the gate "
+            "promotes on; below it the champion is kept and the history says why",
+        ),
+        "on_class_change": Param(
+            d["on_class_change"],
+            enum=["keep", "promote", "fail"],
+            description="when the candidate's classes differ from the champion's: 'keep' the champion (the "
+            "reason is recorded), 'promote' the candidate, or 'fail' the run",
         ),
     }
     unknown = sorted(set(defaults or {}) - set(params))

@@ -87,13 +87,12 @@ STRATEGIES: dict[str, Strategy] = {
             ),
             freeze_layers=0,
             init="random",
-            # The demo's digits: 32 px input, and no source (random weights of a torchvision architecture).
+            # No source: random weights of a torchvision architecture at its own input size.
             defaults={
                 "epochs": 8,
                 "learning_rate": 1e-3,
                 "batch_size": 64,
                 "architecture": "resnet18",
-                "image_size": 32,
                 "pretrained_uri": None,
             },
         ),

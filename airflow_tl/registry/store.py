@@ -1,9 +1,9 @@
 """Registry layout and the operations on it (DESIGN.md, "Where things live in S3").
 
 ``<registry_uri>/<model_name>/``
-  ``versions/<version>/``  a model folder (``model.safetensors``, ``model.json``), ``report.html``,
-                           ``plots/*.png`` and ``metrics.json``, written last: a version is complete
-                           exactly when its ``metrics.json`` exists.
+  ``versions/<version>/``  a model folder (``model.safetensors``, ``model.json`` and the data manifest),
+                           ``report.html``, ``plots/*.png`` and ``metrics.json``, written last: a version
+                           is complete exactly when its ``metrics.json`` exists.
   ``champion.json``        the current champion, replaced by one conditional PUT.
   ``history/<time>-<version>-<decision>.json``
                            one object per gate decision, never overwritten: an append-only log.
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError
+from airflow_tl.data.manifest import MANIFEST_FILE
+from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError, PermanentError
 from airflow_tl.models.folder import CARD_FILE, WEIGHTS_FILE, read_card
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import S3URI, parse_s3_uri, slug
@@ -34,7 +35,11 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class RegistryError(AirflowTLError):
-    """The registry cannot do what was asked without breaking a version or the champion."""
+    """The registry cannot do what was asked without breaking a version or the champion (a retry may help)."""
+
+
+class ImmutableVersionError(RegistryError, PermanentError):
+    """A version that may be serving would have to be rewritten with other weights."""
 
 
 def version_id(dag_id: str, run_id: str) -> str:
@@ -115,7 +120,7 @@ class Registry:
                 log.info("Version %s is already complete with these weights; keeping it", folder)
                 return False
             if is_champion:
-                raise RegistryError(
+                raise ImmutableVersionError(
                     f"Version {folder} is the champion and already holds other weights (sha256 {existing[:12]}); "
                     f"it cannot be replaced by {model_uri} (sha256 {card.weights_sha256[:12]})."
                 )
@@ -124,6 +129,10 @@ class Registry:
         source = parse_s3_uri(model_uri, what="model_uri")
         self.store.delete(folder.join(CARD_FILE))
         self.store.copy(source.join(WEIGHTS_FILE), folder.join(WEIGHTS_FILE))
+        if card.lineage.get("data_manifest_sha256"):
+            self.store.copy(source.join(MANIFEST_FILE), folder.join(MANIFEST_FILE))
+        else:  # a model from before manifests: no stale manifest of an earlier try may vouch for it
+            self.store.delete(folder.join(MANIFEST_FILE))
         self.store.copy(source.join(CARD_FILE), folder.join(CARD_FILE))
         for name, data in sorted(plots.items()):
             self.store.put_bytes(folder.join("plots", name), data, content_type="image/png")

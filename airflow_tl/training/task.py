@@ -7,6 +7,7 @@ streamed from S3 through the network with its first ``freeze_layers`` blocks fro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +18,9 @@ from torch import nn
 
 from airflow_tl.data.dataset import class_mapping, list_dataset
 from airflow_tl.data.loader import ImageStream
+from airflow_tl.data.manifest import MANIFEST_FILE
 from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
-from airflow_tl.features.extract import load_split, read_features_index
+from airflow_tl.features.extract import load_split, read_features_index, read_features_manifest
 from airflow_tl.models.architectures import build_model, load_weights
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import load_model_folder, read_card, save_model_folder
@@ -71,7 +73,13 @@ def train(
     skip_corrupt: bool = False,
     threads: int = 8,
     cache_bytes: int = 512 * 2**20,
+    layout: str = "auto",
 ) -> TrainResult:
+    """Train ``model_uri`` on a dataset (or on cached features) into a model folder at ``output_uri``.
+
+    The folder also holds the data manifest: which images (key, ETag) were trained, validated and held out
+    for testing, so the gate can later compare models only on images neither has seen.
+    """
     if reset_head not in ("auto", True, False):
         raise InvalidArgumentError(
             f"Argument reset_head accepts only 'auto', True and False. Provided value: {reset_head!r}."
@@ -85,15 +93,15 @@ def train(
         return _train_head_on_features(store, model_uri, features_uri, config, output_uri, checkpoints)
     if not dataset_uri:
         raise InvalidArgumentError("Give dataset_uri (images) or, with freeze_layers='all', features_uri.")
+    dataset = list_dataset(store, dataset_uri, seed=config.seed, layout=layout)
     return _train_on_images(
-        store, model_uri, dataset_uri, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
+        store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
     )
 
 
 def _train_on_images(
-    store, model_uri, dataset_uri, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
+    store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
 ) -> TrainResult:
-    dataset = list_dataset(store, dataset_uri, seed=config.seed)
     if config.init == "pretrained":
         state_dict, card = load_model_folder(store, model_uri)
     else:
@@ -138,8 +146,9 @@ def _train_on_images(
     )
     lineage = {"dataset_uri": dataset.uri, "dataset_fingerprint": dataset.fingerprint(), "new_head": new_head}
     out = _write(
-        store, output_uri, model.state_dict(), card, classes, config, result, model_uri, lineage, trainable, total, k
-    )
+        store, output_uri, model.state_dict(), card, classes, config, result, model_uri, lineage, trainable, total, k,
+        dataset.manifest().to_bytes(),
+    )  # fmt: skip
     return TrainResult(output_uri, out, result, trainable, total, len(stream.skipped))
 
 
@@ -182,25 +191,23 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri, 
     weights |= {f"{prefix}.weight": head.weight.detach(), f"{prefix}.bias": head.bias.detach()}
     total = _count(build_model(card.architecture, len(classes), device="meta"))[1]
     trainable = sum(p.numel() for p in head.parameters())
-    lineage = {"features_uri": features_uri, "dataset_uri": index["dataset_uri"], "new_head": True}
+    lineage = {
+        "features_uri": features_uri,
+        "dataset_uri": index["dataset_uri"],
+        "dataset_fingerprint": index["dataset_fingerprint"],
+        "new_head": True,
+    }
+    manifest = read_features_manifest(store, features_uri, index)
     out = _write(
-        store,
-        output_uri,
-        weights,
-        card,
-        classes,
-        config,
-        result,
-        model_uri,
-        lineage,
-        trainable,
-        total,
-        len(card.blocks),
-    )
+        store, output_uri, weights, card, classes, config, result, model_uri, lineage, trainable, total,
+        len(card.blocks), manifest,
+    )  # fmt: skip
     return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])))
 
 
-def _write(store, output_uri, weights, parent, classes, config, result, model_uri, lineage, trainable, total, k):
+def _write(
+    store, output_uri, weights, parent, classes, config, result, model_uri, lineage, trainable, total, k, manifest
+):
     card = ModelCard(
         architecture=parent.architecture,
         class_names=list(classes),
@@ -212,6 +219,7 @@ def _write(store, output_uri, weights, parent, classes, config, result, model_ur
             "parent_sha256": parent.weights_sha256,
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **lineage,
+            "data_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         },
         training={
             **config.to_dict(),
@@ -226,7 +234,7 @@ def _write(store, output_uri, weights, parent, classes, config, result, model_ur
         history=result.history,
         metrics={"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
     )
-    return save_model_folder(store, output_uri, weights, card)
+    return save_model_folder(store, output_uri, weights, card, files={MANIFEST_FILE: manifest})
 
 
 def _count(model: nn.Module) -> tuple[int, int]:

@@ -9,11 +9,25 @@ import threading
 import pytest
 
 from airflow_tl.exceptions import InvalidArgumentError
-from airflow_tl.registry.promotion import Gate, promote_if_better
+from airflow_tl.registry.promotion import Comparison, Gate, promote_if_better
 from airflow_tl.registry.store import CHAMPION_FILE, METRICS_FILE, Registry, RegistryError, version_id
 from tests.helpers import keys_under, publish_model
 
 SMALL_ARCH = "mobilenet_v3_small"  # a tenth of ResNet-18's weights: the registry copies many of them here
+IMAGES = 100  # test images in every comparison here: above the default min_test_images
+
+
+def against(score: float, champion_scores) -> callable:
+    """A compare callback: the candidate's ``score`` against each champion's score (a dict or a function)."""
+    lookup = champion_scores if callable(champion_scores) else champion_scores.__getitem__
+    return lambda champion: Comparison(IMAGES, score, lookup(champion.version))
+
+
+def promote(registry, version, score, gate=None, champion_scores=lambda v: None, **kw):
+    return promote_if_better(
+        registry, version=version, score=score, images=IMAGES, gate=gate or Gate(),
+        compare=against(score, champion_scores), context={}, **kw,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -84,9 +98,7 @@ def test_a_broken_pointer_counts_as_no_champion_and_can_be_replaced(store, bucke
     state = registry.champion()
     assert state.champion is None and state.etag and state.problem and "no champion" in state.problem
     add_version(store, bucket, registry, "v1")
-    decision = promote_if_better(
-        registry, version="v1", score=0.5, gate=Gate(), score_champion=lambda c: None, context={}
-    )
+    decision = promote(registry, "v1", 0.5)
     assert decision.promoted and decision.reason == "there is no champion yet"
     assert json.loads(store.get_bytes(f"{registry.uri}/{CHAMPION_FILE}"))["version"] == "v1"
     (event,) = registry.history()
@@ -104,13 +116,13 @@ def test_the_gate_keeps_a_better_champion_and_records_both_decisions(store, buck
     for version in ("good", "worse", "better"):
         add_version(store, bucket, registry, version)
     scores = {"good": 0.80, "worse": 0.70, "better": 0.90}
-    score = lambda champion: scores[champion.version]  # noqa: E731
     gate = Gate("accuracy", min_improvement=0.05)
-    assert promote_if_better(registry, version="good", score=0.80, gate=gate, score_champion=score, context={}).promoted
-    kept = promote_if_better(registry, version="worse", score=0.70, gate=gate, score_champion=score, context={})
+    assert promote(registry, "good", 0.80, gate, scores).promoted
+    kept = promote(registry, "worse", 0.70, gate, scores)
     assert not kept.promoted and kept.champion_before == "good" and "does not beat champion good" in kept.reason
-    won = promote_if_better(registry, version="better", score=0.90, gate=gate, score_champion=score, context={})
+    won = promote(registry, "better", 0.90, gate, scores)
     assert won.promoted and won.champion_before == "good" and won.champion_score == 0.80
+    assert won.images_compared == IMAGES and "on the same 100 test images that neither model" in won.reason
     assert registry.champion().champion.version == "better"
     assert [(e["version"], e["promoted"], e["champion_before"]) for e in registry.history()] == [
         ("good", True, None),
@@ -122,18 +134,16 @@ def test_the_gate_keeps_a_better_champion_and_records_both_decisions(store, buck
 def test_a_promotion_that_loses_the_race_decides_again_against_the_new_champion(store, bucket, registry):
     for version in ("old", "rival", "late"):
         add_version(store, bucket, registry, version)
-    promote_if_better(registry, version="old", score=0.5, gate=Gate(), score_champion=lambda c: None, context={})
+    promote(registry, "old", 0.5)
     scored = []
 
-    def score(champion):
-        scored.append(champion.version)
-        if champion.version == "old":  # while "late" scores the old champion, a rival run promotes itself
-            promote_if_better(
-                registry, version="rival", score=0.95, gate=Gate(), score_champion=lambda c: 0.5, context={}
-            )
-        return {"old": 0.5, "rival": 0.95}[champion.version]
+    def score(version):
+        scored.append(version)
+        if version == "old":  # while "late" scores the old champion, a rival run promotes itself
+            promote(registry, "rival", 0.95, champion_scores={"old": 0.5})
+        return {"old": 0.5, "rival": 0.95}[version]
 
-    decision = promote_if_better(registry, version="late", score=0.9, gate=Gate(), score_champion=score, context={})
+    decision = promote(registry, "late", 0.9, champion_scores=score)
     assert scored == ["old", "rival"]  # its first conditional PUT failed; it re-read and scored the rival
     assert not decision.promoted and decision.champion_before == "rival"
     assert registry.champion().champion.version == "rival"
@@ -148,10 +158,7 @@ def test_concurrent_promotions_leave_the_pointer_at_a_complete_version(store, bu
 
     def run(version):
         try:
-            promote_if_better(
-                registry, version=version, score=score[version], gate=Gate(),
-                score_champion=lambda c: score[c.version], context={}, attempts=20,
-            )  # fmt: skip
+            promote(registry, version, score[version], champion_scores=score, attempts=20)
         except Exception as err:  # noqa: BLE001 - collected and asserted below
             errors.append(err)
 
