@@ -86,6 +86,7 @@ class DagRunResult:
     task_states: dict[str, str]
     xcoms: dict[str, Any]
     failures: list[dict[str, str]] = field(default_factory=list)
+    tries: dict[str, int] = field(default_factory=dict)  # attempts each task made
 
     def failure(self, task_id: str) -> dict[str, str]:
         return next(f for f in self.failures if f["task_id"] == task_id)
@@ -107,11 +108,12 @@ def run_dag(airflow_db, local_s3):
         with create_session() as session:
             tis = dag_run.get_task_instances(session=session)
             states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
+            tries = {ti.task_id: ti.try_number for ti in tis}
             rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_id, key="return_value"))
             xcoms = {row.task_id: XComModel.deserialize_value(row) for row in rows}
         failures = [json.loads(line) for line in FAILURES.read_text().splitlines()] if FAILURES.exists() else []
         state = dag_run.state.value if hasattr(dag_run.state, "value") else str(dag_run.state)
-        return DagRunResult(state, dag_run.run_id, states, xcoms, failures)
+        return DagRunResult(state, dag_run.run_id, states, xcoms, failures, tries)
 
     return run
 

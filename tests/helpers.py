@@ -76,3 +76,20 @@ def target_subset(demo, name: str, per_class_train: int) -> str:
     if not store.list(uri):
         copy_dataset(store, demo.target_dataset, uri, per_class_train=per_class_train)
     return uri
+
+
+def flatten_dataset(store, source: str, dest: str) -> list[str]:
+    """A train/val/test dataset copied as ``<class>/<split>-<image>``: the flat layout that is split by key hash."""
+    root_len = len(source.split("/", 3)[3]) + 1
+    copied = []
+    for obj in store.list(source):
+        split, label, name = obj.key[root_len:].split("/")
+        rel = f"{label}/{split}-{name}"
+        store.copy(obj.uri, f"{dest}/{rel}")
+        copied.append(rel)
+    return copied
+
+
+def snapshot(store, uri: str) -> dict[str, str]:
+    """Every object under ``uri`` with its ETag: compare two snapshots to prove nothing was written."""
+    return {o.key: o.etag for o in store.list(uri)}
