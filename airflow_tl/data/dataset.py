@@ -197,7 +197,16 @@ def check_unchanged(dataset: ImageDataset, earlier: DataManifest, *, since: str)
     """Fail, saying what changed, when ``dataset`` is not the listing ``earlier`` recorded (``since``: by whom)."""
     if dataset.fingerprint() == earlier.fingerprint:
         return
-    change = describe_change(earlier, dataset.manifest())
+    now = dataset.manifest()
+    change = describe_change(earlier, now)
+    same_images = {pair for pairs in earlier.splits.values() for pair in pairs} == {
+        pair for pairs in now.splits.values() for pair in pairs
+    }
+    if same_images and earlier.class_names == now.class_names:
+        raise DatasetError(
+            f"Dataset {dataset.uri} is split differently than when {since} listed it ({change}): give both tasks "
+            "the same seed and layout."
+        )
     raise DatasetChangedError(
         f"Dataset {dataset.uri} changed since {since} listed it: {change}. The model was trained on the earlier "
         "listing, so evaluating it on this one would mix two datasets. Run the DAG again once the data is stable."
