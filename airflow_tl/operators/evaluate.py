@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.operators.base import TransferLearningBaseOperator
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         "version",
         "context_extra",
     )
+    uri_fields = (*TransferLearningBaseOperator.uri_fields, "model_uri", "dataset_uri", "registry_uri")
     ui_color = "#e3f1e0"
 
     def __init__(
@@ -99,7 +100,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         from airflow_tl.registry.store import version_id
 
         ti = context["ti"]
-        gate = Gate(native(self.gate_metric), native(self.min_improvement), native(self.min_score))
+        gate = Gate(self.gate_metric, self.min_improvement, self.min_score)
         version = self.version or version_id(ti.dag_id, ti.run_id)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
         self.log.info(
@@ -113,12 +114,12 @@ class EvaluateOperator(TransferLearningBaseOperator):
             model_name=self.model_name,
             version=version,
             gate=gate,
-            promote=native(self.promote),
-            seed=native(self.seed),
-            batch_size=native(self.batch_size),
-            threads=native(self.threads),
-            skip_corrupt=native(self.skip_corrupt),
-            context={**run, **(native(self.context_extra) or {})},
+            promote=self.promote,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            threads=self.threads,
+            skip_corrupt=self.skip_corrupt,
+            context={**run, **(self.context_extra or {})},
         )
         summary = result.summary()
         self.log.info(
