@@ -22,7 +22,8 @@ from typing import Any, Literal, Union
 
 from airflow_tl.exceptions import InvalidArgumentError
 
-_INT = re.compile(r"^[+-]?\d+$")
+_INT = re.compile(r"^[+-]?\d{1,30}$")
+_INVALID = object()  # what a failed conversion returns: None is a valid result
 _NONE_STRINGS = ("None", "")
 _WORDS = {int: "an integer", float: "a number", str: "a string"}
 
@@ -65,9 +66,6 @@ def coerce(name: str, hint: Any, value: Any) -> Any:
     if converted is _INVALID:
         raise InvalidArgumentError(f"Argument {name} accepts only {describe(hint)}. Provided value: {value!r}.")
     return converted
-
-
-_INVALID = object()
 
 
 def _from_string(alternatives: tuple[Any, ...], text: str) -> Any:
@@ -151,8 +149,15 @@ def declared_types(cls: type, base: type) -> dict[str, Any]:
     for klass in reversed(cls.__mro__[: cls.__mro__.index(base) + 1]):
         init = klass.__dict__.get("__init__")
         if init is not None:
-            hints.update({k: v for k, v in typing.get_type_hints(init).items() if k not in ("return", "kwargs")})
+            hints.update({k: v for k, v in _hints(init).items() if k not in ("return", "kwargs")})
     return hints
+
+
+def _hints(function: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(function)
+    except (NameError, TypeError):  # a subclass annotating with names only known to type checkers: untyped
+        return {}
 
 
 SUPPORTED = "int, float, bool, str, list[str], dict[str, Any], Literal[...] and their unions with None"
