@@ -26,14 +26,18 @@ canonical model folder (`model.safetensors` + `model.json`) under
 `<work_uri>/runs/<dag_id>/<run_id>/fetch_pretrained/`.
 
 Sources: an `s3://` model folder, `torchvision://<arch>/<WEIGHTS>`, or an `https://` URL of a
-file named `<name>-<sha256 prefix>.pth`. With `init=random` only the architecture is kept.
+file named `<name>-<sha256 prefix>.pth` or ending in `#sha256=<64 hex>`. With `init=random` only the
+architecture is kept. Plain `http://` only with `[airflow_tl] allow_http`; every URI must lie under
+`[airflow_tl] allowed_uri_prefixes` when that is set; credentials in a URL are redacted in the log, the
+card and the XCom (docs/security.md).
 """,
     params={
         "pretrained_uri": Param(
             f"{DEMO_BUCKET}/zoo/resnet18-digits-0-4",
             type="string",
             pattern=r"^(s3|torchvision|https?)://.+",
-            description="s3:// model folder, torchvision://<arch>/<WEIGHTS>, or https://…/<name>-<sha256>.pth",
+            description="s3:// model folder, torchvision://<arch>/<WEIGHTS>, https://…/<name>-<sha256>.pth, "
+            "or https://…#sha256=<64 hex>",
         ),
         "work_uri": Param(
             f"{DEMO_BUCKET}/work", type="string", pattern=r"^s3://.+", description="s3:// prefix for run outputs"
@@ -46,6 +50,12 @@ file named `<name>-<sha256 prefix>.pth`. With `init=random` only the architectur
         ),
         "image_size": Param(None, type=["null", "integer"], minimum=8, description="input size; default: the source's"),
         "seed": Param(0, type="integer", description="seed for random initialisation"),
+        "weights_mirror": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^https?://.+",
+            description="base URL serving torchvision's weight files by file name, for workers without internet",
+        ),
     },
 ) as dag:
     FetchPretrainedOperator(
@@ -55,5 +65,6 @@ file named `<name>-<sha256 prefix>.pth`. With `init=random` only the architectur
         init="{{ params.init }}",
         image_size="{{ params.image_size }}",
         seed="{{ params.seed }}",
+        weights_mirror="{{ params.weights_mirror }}",
         work_uri="{{ params.work_uri }}",
     )

@@ -119,29 +119,45 @@ def run_dag(airflow_db, local_s3):
 
 
 class _Files:
-    """What the loopback HTTP server serves, and how it misbehaves."""
+    """What the loopback HTTP server serves, and how it misbehaves or guards itself."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.fail_next: list[int] = []  # HTTP status codes to answer with before serving normally
-        self.requests: list[str] = []
+        self.redirects: dict[str, str] = {}  # path -> Location to answer 302 with
+        self.basic_auth: tuple[str, str] | None = None  # (user, password) every request must carry
+        self.query: dict[str, str] = {}  # parameters every request's query must carry, as a presigned URL does
+        self.requests: list[str] = []  # request paths, query included
+        self.headers: list[dict[str, str]] = []  # request headers, in order
 
 
 @pytest.fixture
 def http_server():
     """A loopback HTTP server standing in for download.pytorch.org or a model hub."""
+    import base64
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
 
     served = _Files()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             served.requests.append(self.path)
+            served.headers.append(dict(self.headers))
+            url = urlsplit(self.path)
             if served.fail_next:
                 self.send_error(served.fail_next.pop(0))
                 return
-            body = served.files.get(self.path)
+            if not self._authorised(parse_qs(url.query)):
+                self.send_error(401 if served.basic_auth else 403)
+                return
+            if url.path in served.redirects:
+                self.send_response(302)
+                self.send_header("Location", served.redirects[url.path])
+                self.end_headers()
+                return
+            body = served.files.get(url.path)
             if body is None:
                 self.send_error(404)
                 return
@@ -149,6 +165,13 @@ def http_server():
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _authorised(self, query: dict[str, list[str]]) -> bool:
+            if served.basic_auth:
+                token = base64.b64encode(":".join(served.basic_auth).encode()).decode()
+                if self.headers.get("Authorization") != f"Basic {token}":
+                    return False
+            return all(query.get(name) == [value] for name, value in served.query.items())
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -160,6 +183,12 @@ def http_server():
     yield served
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def allow_http(monkeypatch):
+    """``[airflow_tl] allow_http = True``: the loopback server speaks plain http, which is refused by default."""
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_TL__ALLOW_HTTP", "True")
 
 
 @pytest.fixture(scope="session")

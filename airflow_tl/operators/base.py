@@ -1,31 +1,27 @@
-"""What every airflow-tl operator shares: the AWS connection, and run-scoped S3 prefixes."""
+"""What every airflow-tl operator shares: the AWS connection, run-scoped S3 prefixes, typed arguments and URI checks.
+
+Once templates are rendered, every templated argument is converted to the type its ``__init__`` declares
+(``arguments.coerce``), and the secret parts of every URI argument are handed to Airflow's secrets masker, so
+the rendered fields Airflow stores and shows are masked too. Before ``execute`` reads or writes anything,
+every URI argument (``uri_fields``) is checked against ``[airflow_tl] allowed_uri_prefixes``.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_tl.operators.arguments import coerce, declared_types
 from airflow_tl.uris import slug
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
     from airflow_tl.storage.s3 import S3Store
-
-
-def native(value: Any) -> Any:
-    """A templated value as the Python value it spells: DAGs without ``render_template_as_native_obj``
-    render ``{{ params.epochs }}`` as the string "10"; "all", URIs and other words stay strings."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value.replace("None", "null").replace("True", "true").replace("False", "false"))
-        except ValueError:
-            return value
-    return value
 
 
 class TransferLearningBaseOperator(BaseOperator):
@@ -38,6 +34,8 @@ class TransferLearningBaseOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("aws_conn_id", "work_uri")
+    # Arguments that name a place to read or write: checked against [airflow_tl] allowed_uri_prefixes.
+    uri_fields: ClassVar[tuple[str, ...]] = ("work_uri",)
 
     def __init__(self, *, aws_conn_id: str | None = "aws_default", work_uri: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -49,6 +47,36 @@ class TransferLearningBaseOperator(BaseOperator):
         from airflow_tl.hooks.s3 import s3_store
 
         return s3_store(self.aws_conn_id)
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        """Render as Airflow does, then type the arguments and mask URI secrets before Airflow stores them."""
+        super().render_template_fields(context, jinja_env)
+        self.prepare_arguments()
+
+    def pre_execute(self, context: Context) -> None:
+        """Type the arguments (again: mapped tasks are rendered without the method above) and check every URI."""
+        super().pre_execute(context)
+        self.prepare_arguments()
+        self.check_uris()
+
+    def prepare_arguments(self) -> None:
+        """Convert each templated argument to its declared type and register URI secrets with the masker."""
+        from airflow_tl.redaction import mask_uri_secrets
+
+        types = declared_types(type(self), TransferLearningBaseOperator)
+        for name in self.template_fields:
+            if name in types:
+                setattr(self, name, coerce(name, types[name], getattr(self, name)))
+        for name in self.uri_fields:
+            mask_uri_secrets(getattr(self, name))
+
+    def check_uris(self) -> None:
+        """Refuse any URI argument outside ``[airflow_tl] allowed_uri_prefixes``, naming the argument."""
+        from airflow_tl.access import allowed_prefixes, check_allowed
+
+        prefixes = allowed_prefixes()
+        for name in self.uri_fields:
+            check_allowed(name, getattr(self, name) or None, prefixes)
 
     def run_prefix(self, context: Context, explicit: str | None = None, *, what: str = "output_uri") -> str:
         """``explicit`` when given, else this task's run-scoped folder under ``work_uri``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.operators.base import TransferLearningBaseOperator
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         "version",
         "context_extra",
     )
+    uri_fields = (*TransferLearningBaseOperator.uri_fields, "model_uri", "dataset_uri", "registry_uri")
     ui_color = "#e3f1e0"
 
     def __init__(
@@ -112,13 +113,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         from airflow_tl.registry.store import version_id
 
         ti = context["ti"]
-        gate = Gate(
-            native(self.gate_metric),
-            native(self.min_improvement),
-            native(self.min_score),
-            native(self.min_test_images),
-            self.on_class_change,
-        )
+        gate = Gate(self.gate_metric, self.min_improvement, self.min_score, self.min_test_images, self.on_class_change)
         version = self.version or version_id(ti.dag_id, ti.run_id)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
         self.log.info(
@@ -132,13 +127,13 @@ class EvaluateOperator(TransferLearningBaseOperator):
             model_name=self.model_name,
             version=version,
             gate=gate,
-            promote=native(self.promote),
-            seed=native(self.seed),
+            promote=self.promote,
+            seed=self.seed,
             layout=self.layout,
-            batch_size=native(self.batch_size),
-            threads=native(self.threads),
-            skip_corrupt=native(self.skip_corrupt),
-            context={**run, **(native(self.context_extra) or {})},
+            batch_size=self.batch_size,
+            threads=self.threads,
+            skip_corrupt=self.skip_corrupt,
+            context={**run, **(self.context_extra or {})},
         )
         summary = result.summary()
         self.log.info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.operators.base import TransferLearningBaseOperator
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         "split_seed",
         "layout",
     )
+    uri_fields = (*TransferLearningBaseOperator.uri_fields, "model_uri", "dataset_uri", "features_root")
     ui_color = "#eaf5ea"
 
     def __init__(
@@ -76,15 +77,15 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         root = self.features_root or (f"{self.work_uri.rstrip('/')}/features" if self.work_uri else None)
         if not root:
             raise InvalidArgumentError(f"Task {self.task_id}: give features_root or work_uri (an s3:// prefix).")
-        dataset = list_dataset(self.store, self.dataset_uri, seed=native(self.split_seed), layout=self.layout)
+        dataset = list_dataset(self.store, self.dataset_uri, seed=self.split_seed, layout=self.layout)
         result = extract_features(
             self.store,
             model_uri=self.model_uri,
             dataset=dataset,
             features_root=root,
-            batch_size=native(self.batch_size),
-            threads=native(self.threads),
-            skip_corrupt=native(self.skip_corrupt),
+            batch_size=self.batch_size,
+            threads=self.threads,
+            skip_corrupt=self.skip_corrupt,
         )
         summary = result.summary()
         self.log.info(

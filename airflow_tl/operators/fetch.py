@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.operators.base import TransferLearningBaseOperator
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -16,8 +16,10 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
     """Fetch a pretrained model, verify it, and write it as a canonical model folder.
 
     Sources: an ``s3://`` model folder, ``torchvision://<arch>/<WEIGHTS>`` (or ``torchvision://<arch>``
-    for the architecture alone), or an ``https://`` URL of a file named ``<name>-<sha256 prefix>.pth``.
-    Hashes are checked and nothing is unpickled. XCom: the model URI and a short summary.
+    for the architecture alone), or an ``https://`` URL of a file named ``<name>-<sha256 prefix>.pth`` or
+    ending in ``#sha256=<64 hex>``. Hashes are checked and nothing is unpickled; ``http://`` only with
+    ``[airflow_tl] allow_http``. Credentials in a URL are used for the download and appear nowhere else,
+    redacted in logs, the card and XCom (docs/security.md). XCom: the model URI and a short summary.
 
     :param pretrained_uri: where the weights come from. (templated)
     :param architecture: torchvision architecture name; needed for URLs whose name is not one,
@@ -45,6 +47,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         "weights_mirror",
         "output_uri",
     )
+    uri_fields = (*TransferLearningBaseOperator.uri_fields, "pretrained_uri", "weights_mirror", "output_uri")
     ui_color = "#e8f1fa"
 
     def __init__(
@@ -75,19 +78,21 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.pretrained.fetch import FetchSpec, fetch_pretrained
+        from airflow_tl.redaction import redact
 
         spec = FetchSpec(
-            pretrained_uri=self.pretrained_uri or None,
-            architecture=self.architecture or None,
+            pretrained_uri=self.pretrained_uri,
+            architecture=self.architecture,
             init=self.init,
-            class_names=native(self.class_names) or None,
-            num_classes=native(self.num_classes) or None,
-            image_size=native(self.image_size) or None,
-            seed=native(self.seed),
-            weights_mirror=self.weights_mirror or None,
+            class_names=self.class_names,
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            seed=self.seed,
+            weights_mirror=self.weights_mirror,
         )
         output_uri = self.run_prefix(context, self.output_uri)
-        self.log.info("Fetching %s (init=%s) into %s", spec.pretrained_uri or spec.architecture, spec.init, output_uri)
+        source = redact(spec.pretrained_uri) or spec.architecture
+        self.log.info("Fetching %s (init=%s) into %s", source, spec.init, output_uri)
         result = fetch_pretrained(spec, store=self.store, output_uri=output_uri)
         summary = result.summary()
         self.log.info(

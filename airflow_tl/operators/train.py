@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_tl.operators.base import TransferLearningBaseOperator, native
+from airflow_tl.operators.base import TransferLearningBaseOperator
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -74,6 +74,14 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "threads",
         "layout",
     )
+    uri_fields = (
+        *TransferLearningBaseOperator.uri_fields,
+        "model_uri",
+        "dataset_uri",
+        "features_uri",
+        "output_uri",
+        "checkpoint_uri",
+    )
     ui_color = "#fdf1e0"
 
     def __init__(
@@ -82,7 +90,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         model_uri: str,
         dataset_uri: str | None = None,
         features_uri: str | None = None,
-        freeze_layers: int | str = 0,
+        freeze_layers: int | Literal["all"] = 0,
         init: str = "pretrained",
         epochs: int = 10,
         batch_size: int = 64,
@@ -95,7 +103,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         label_smoothing: float = 0.1,
         augment: bool = False,
         seed: int = 0,
-        reset_head: bool | str = "auto",
+        reset_head: bool | Literal["auto"] = "auto",
         skip_corrupt: bool = False,
         output_uri: str | None = None,
         checkpoint_uri: str | None = None,
@@ -133,18 +141,18 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         from airflow_tl.training.task import train
 
         config = TrainConfig(
-            epochs=native(self.epochs),
-            batch_size=native(self.batch_size),
-            learning_rate=native(self.learning_rate),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
             optimizer=self.optimizer,
-            weight_decay=native(self.weight_decay),
-            warmup_epochs=native(self.warmup_epochs),
-            layer_decay=native(self.layer_decay),
-            patience=native(self.patience),
-            label_smoothing=native(self.label_smoothing),
-            augment=native(self.augment),
-            seed=native(self.seed),
-            freeze_layers=native(self.freeze_layers),
+            weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs,
+            layer_decay=self.layer_decay,
+            patience=self.patience,
+            label_smoothing=self.label_smoothing,
+            augment=self.augment,
+            seed=self.seed,
+            freeze_layers=self.freeze_layers,
             init=self.init,
         )
         prefix = None if (self.output_uri and self.checkpoint_uri) else self.run_prefix(context)
@@ -157,11 +165,11 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             config=config,
             output_uri=output_uri,
             checkpoint_uri=checkpoint_uri,
-            dataset_uri=self.dataset_uri or None,
-            features_uri=self.features_uri or None,
-            reset_head=native(self.reset_head),
-            skip_corrupt=native(self.skip_corrupt),
-            threads=native(self.threads),
+            dataset_uri=self.dataset_uri,
+            features_uri=self.features_uri,
+            reset_head=self.reset_head,
+            skip_corrupt=self.skip_corrupt,
+            threads=self.threads,
             layout=self.layout,
         )
         summary = result.summary()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from urllib.parse import urlsplit
 
 import torch
 from safetensors import SafetensorError
@@ -21,8 +22,13 @@ _WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
 
 
 def load_checkpoint(path: str, *, source: str) -> dict[str, torch.Tensor]:
-    """A flat ``{name: tensor}`` state dict from a ``.pth``/``.pt`` (``weights_only``) or ``.safetensors`` file."""
-    if source.endswith(".safetensors"):
+    """A flat ``{name: tensor}`` state dict from a ``.pth``/``.pt`` (``weights_only``) or ``.safetensors`` file.
+
+    :param path: the local file.
+    :param source: where it came from, for messages; the file name in its path decides the format
+        (a query string or ``#sha256=`` pin after it does not count).
+    """
+    if urlsplit(source).path.endswith(".safetensors"):
         try:
             return load_file(path, device="cpu")
         except SafetensorError as err:

@@ -22,6 +22,7 @@ from airflow_tl.models.architectures import (
 from airflow_tl.models.card import INITS, InputSpec, ModelCard
 from airflow_tl.models.folder import WEIGHTS_FILE, read_card, save_model_folder
 from airflow_tl.pretrained.sources import Source, resolve_source
+from airflow_tl.redaction import redact
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
@@ -78,7 +79,14 @@ class FetchSpec:
             check_architecture(self.architecture)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        """What was asked for, as a hash recorded in the card; a retry that asks the same reuses the folder.
+
+        URIs are taken redacted: a hash over a password would let anyone with the card test guesses of it,
+        and a presigned URL signed anew for the retry still names the same source.
+        """
+        redacted = {"pretrained_uri": redact(self.pretrained_uri), "weights_mirror": redact(self.weights_mirror)}
+        spec = asdict(self) | redacted
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass

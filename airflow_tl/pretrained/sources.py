@@ -1,8 +1,9 @@
 """Resolving a pretrained source to weights plus what the card needs to know about them.
 
 Three sources (DESIGN.md): an ``s3://`` model folder, ``torchvision://<arch>/<WEIGHTS>`` and an
-``http(s)://`` URL named ``<name>-<sha256 prefix>.pth``. A source's hash is always checked and
-its weights are loaded without unpickling anything.
+``http(s)://`` URL named ``<name>-<sha256 prefix>.pth`` or pinned by ``#sha256=<64 hex>``. A source's hash is
+always checked and its weights are loaded without unpickling anything. A Source names its origin redacted:
+credentials in a URL are used for the download and go no further.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
@@ -22,7 +24,8 @@ from airflow_tl.models.architectures import check_architecture, list_architectur
 from airflow_tl.models.card import InputSpec
 from airflow_tl.models.folder import load_model_folder, read_card
 from airflow_tl.pretrained.checkpoint import load_checkpoint
-from airflow_tl.pretrained.download import check_sha256_prefix, download
+from airflow_tl.pretrained.download import check_sha256, download
+from airflow_tl.redaction import redact
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_hub_url, parse_s3_uri, parse_torchvision_uri, source_kind
 
@@ -35,7 +38,7 @@ TORCHVISION_BASE_URL = "https://download.pytorch.org/models/"
 class Source:
     """What a pretrained URI resolved to. ``state_dict`` is None when only the architecture was wanted."""
 
-    uri: str
+    uri: str  # redacted: safe for logs, messages and the card
     architecture: str
     state_dict: dict[str, torch.Tensor] | None
     class_names: list[str] | None
@@ -80,7 +83,7 @@ def _from_torchvision(uri: str, load_weights: bool, weights_mirror: str | None) 
     catalogue = torchvision.models.get_model_weights(parsed.architecture)
     if parsed.weights not in catalogue.__members__:
         raise InvalidURIError(
-            f"Pretrained URI {uri!r}: torchvision has no weights {parsed.weights!r} for {parsed.architecture}. "
+            f"Pretrained URI {redact(uri)!r}: torchvision has no weights {parsed.weights!r} for {parsed.architecture}. "
             f"Available: {', '.join(catalogue.__members__)}."
         )
     weights = catalogue[parsed.weights]
@@ -92,12 +95,16 @@ def _from_torchvision(uri: str, load_weights: bool, weights_mirror: str | None) 
         std=list(preset.std),
         interpolation=preset.interpolation.value,
     )
-    url = weights.url
-    if weights_mirror:
-        url = weights_mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
+    url = _mirrored(weights.url, weights_mirror) if weights_mirror else weights.url
     state_dict, sha = _download_hub_file(url) if load_weights else (None, None)
-    lineage = {"torchvision_weights": f"{parsed.architecture}.{weights.name}", "url": url}
+    lineage = {"torchvision_weights": f"{parsed.architecture}.{weights.name}", "url": redact(url)}
     return Source(uri, parsed.architecture, state_dict, list(weights.meta["categories"]), spec, sha, lineage)
+
+
+def _mirrored(url: str, mirror: str) -> str:
+    """The mirror's URL for torchvision's file: its name appended to the mirror's path, its query kept."""
+    parts = urlsplit(mirror)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + url.rsplit("/", 1)[-1]))
 
 
 def _from_hub(uri: str, architecture: str | None, load_weights: bool) -> Source:
@@ -105,12 +112,12 @@ def _from_hub(uri: str, architecture: str | None, load_weights: bool) -> Source:
     arch = architecture or (hub.name if hub.name in list_architectures() else None)
     if arch is None:
         raise InvalidArgumentError(
-            f"Cannot tell the architecture of {uri}: its name {hub.name!r} is not a torchvision architecture. "
-            "Pass architecture=<torchvision model name>."
+            f"Cannot tell the architecture of {redact(uri)}: its name {hub.name!r} is not a torchvision "
+            "architecture. Pass architecture=<torchvision model name>."
         )
     check_architecture(arch)
     state_dict, sha = _download_hub_file(uri) if load_weights else (None, None)
-    return Source(uri, arch, state_dict, None, InputSpec(), sha, {"url": uri})
+    return Source(redact(uri), arch, state_dict, None, InputSpec(), sha, {"url": redact(uri)})
 
 
 def _download_hub_file(url: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -118,8 +125,8 @@ def _download_hub_file(url: str) -> tuple[dict[str, torch.Tensor], str]:
     with _temporary_file(hub.filename) as (path, fh):
         sha = download(url, fh)
         fh.close()
-        check_sha256_prefix(sha, hub.sha256_prefix, source=url)
-        return load_checkpoint(path, source=url), sha
+        check_sha256(sha, hub)
+        return load_checkpoint(path, source=redact(url)), sha
 
 
 @contextmanager

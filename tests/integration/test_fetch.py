@@ -88,7 +88,7 @@ def test_architecture_only_from_torchvision_name(store, bucket):
     assert result.card.head == ["classifier.3"]
 
 
-def test_https_hub_file_is_hash_checked_and_stored_as_safetensors(store, bucket, http_server):
+def test_https_hub_file_is_hash_checked_and_stored_as_safetensors(store, bucket, http_server, allow_http):
     name, data = hub_file(random_state_dict(num_classes=7))
     http_server.files[f"/models/{name}"] = data
     url = f"{http_server.base_url}/models/{name}"
@@ -99,7 +99,7 @@ def test_https_hub_file_is_hash_checked_and_stored_as_safetensors(store, bucket,
     assert keys_under(store, f"s3://{bucket}/out") == ["out/model.json", "out/model.safetensors"]
 
 
-def test_download_retries_server_errors(store, bucket, http_server):
+def test_download_retries_server_errors(store, bucket, http_server, allow_http):
     name, data = hub_file(random_state_dict())
     http_server.files[f"/{name}"] = data
     http_server.fail_next = [503, 500]
@@ -107,7 +107,7 @@ def test_download_retries_server_errors(store, bucket, http_server):
     assert http_server.requests == [f"/{name}"] * 3
 
 
-def test_torchvision_weights_come_through_the_mirror_and_are_hash_checked(store, bucket, http_server):
+def test_torchvision_weights_come_through_the_mirror_and_are_hash_checked(store, bucket, http_server, allow_http):
     # The real catalogue names resnet18-f37072fd.pth; a mirror serving other bytes must be refused.
     http_server.files["/mirror/resnet18-f37072fd.pth"] = hub_file(random_state_dict(num_classes=1000))[1]
     spec = FetchSpec("torchvision://resnet18/IMAGENET1K_V1", weights_mirror=f"{http_server.base_url}/mirror")
@@ -117,7 +117,7 @@ def test_torchvision_weights_come_through_the_mirror_and_are_hash_checked(store,
     assert keys_under(store, f"s3://{bucket}/out") == []
 
 
-def test_torchvision_weights_with_matching_hash_load(store, bucket, http_server, monkeypatch):
+def test_torchvision_weights_with_matching_hash_load(store, bucket, http_server, allow_http, monkeypatch):
     # Only the catalogue entry is substituted (its real file cannot be downloaded here); download,
     # hash check, weights_only loading and the preset-derived card are the real code path.
     import torchvision
@@ -151,7 +151,7 @@ def _hub_name(data: bytes, name: str = "resnet18") -> str:
     return f"{name}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
 
 
-def test_malicious_pickle_is_refused_and_never_runs(store, bucket, http_server, tmp_path):
+def test_malicious_pickle_is_refused_and_never_runs(store, bucket, http_server, allow_http, tmp_path):
     marker = tmp_path / "pwned"
     data = _malicious_checkpoint(str(marker))
     http_server.files[f"/{_hub_name(data)}"] = data
@@ -182,7 +182,9 @@ def test_malicious_pickle_is_refused_and_never_runs(store, bucket, http_server, 
         ("hub_wrong_architecture", IncompatibleWeightsError, "do not fit architecture 'resnet34'"),
     ],
 )
-def test_bad_input_fails_clearly_and_writes_nothing(store, bucket, http_server, make_source, error, message):
+def test_bad_input_fails_clearly_and_writes_nothing(
+    store, bucket, http_server, allow_http, make_source, error, message
+):
     publish_model(store, f"s3://{bucket}/zoo/src")
     card = json.loads(store.get_bytes(f"s3://{bucket}/zoo/src/model.json"))
     name, data = hub_file(random_state_dict())

@@ -101,8 +101,9 @@ def test_every_param_default_can_be_overridden_and_unknown_ones_are_refused():
     with pytest.raises(InvalidArgumentError, match="unknown Params for full_finetune: freeze_layers"):
         build_dag("full_finetune", dag_id="tl_ff2", param_defaults={"freeze_layers": 2})
     scratch = build_dag("from_scratch", dag_id="tl_fs")
+    # No demo settings as product defaults: the architecture's own input size, not the demo's 32 px.
     assert (scratch.params["pretrained_uri"], scratch.params["architecture"], scratch.params["image_size"]) == (
-        None, "resnet18", 32
+        None, "resnet18", None
     )  # fmt: skip
 
 

@@ -147,3 +147,14 @@ def test_fingerprint_changes_with_every_field(name: str, value: Any) -> None:
 
 def test_fingerprint_sees_class_order() -> None:
     assert replace(BASE, class_names=["c", "b", "a"]).fingerprint() != BASE.fingerprint()
+
+
+def test_fingerprint_holds_no_credentials() -> None:
+    # A retry whose URL was presigned anew, or whose password was rotated, asks for the same source;
+    # and a hash over a password would let whoever reads the card test guesses of it.
+    signed = "https://u:{pw}@h.example/resnet18-f37072fd.pth?X-Amz-Signature={sig}"
+    first = FetchSpec(signed.format(pw="old-password", sig="aaaa"), weights_mirror="https://m:x1@h/")
+    again = FetchSpec(signed.format(pw="new-password", sig="bbbb"), weights_mirror="https://m:x2@h/")
+    assert first.fingerprint() == again.fingerprint()
+    other = FetchSpec("https://u:x@h.example/resnet34-f37072fd.pth", architecture="resnet34")
+    assert other.fingerprint() != first.fingerprint()

@@ -261,6 +261,74 @@ def test_parse_hub_url_requires_http(url: str) -> None:
     assert str(err.value) == f"Pretrained URI {url!r} is not an http(s) URL."
 
 
+SHA = "f37072fd" + "0123456789abcdef" * 3 + "01234567"
+
+
+@pytest.mark.parametrize(
+    ("url", "filename", "name", "prefix"),
+    [
+        # With the full hash pinned, the file may be named anything.
+        ("https://h.example/files/weights.pth#sha256=" + SHA, "weights.pth", "weights", None),
+        ("https://h.example/resnet18.safetensors?download=1#sha256=" + SHA, "resnet18.safetensors", "resnet18", None),
+        ("https://h.example/get?id=7#sha256=" + SHA, "get", "get", None),
+        # Both: the name's prefix must agree with the pin.
+        ("https://h.example/resnet18-f37072fd.pth#sha256=" + SHA, "resnet18-f37072fd.pth", "resnet18", "f37072fd"),
+        ("https://h.example/x.pth#sha256=" + SHA.upper(), "x.pth", "x", None),
+    ],
+)
+def test_parse_hub_url_with_a_full_sha256_pin(url: str, filename: str, name: str, prefix: str | None) -> None:
+    hub = parse_hub_url(url)
+    assert hub == HubURL(url, filename, name, prefix, SHA)
+    assert hub.expected == SHA
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://h.example/x.pth#sha256=" + SHA[:63], "has a fragment other than #sha256=<64 hex digits>"),
+        ("https://h.example/x.pth#sha256=" + SHA + "0", "has a fragment other than #sha256=<64 hex digits>"),
+        ("https://h.example/x.pth#md5=" + SHA[:32], "has a fragment other than #sha256=<64 hex digits>"),
+        ("https://h.example/x.pth#sha256=" + "g" * 64, "has a fragment other than #sha256=<64 hex digits>"),
+        ("https://h.example/resnet18-deadbeef.pth#sha256=" + SHA, "promises a sha256 starting deadbeef, but"),
+        ("https://h.example/#sha256=" + SHA, "names no file"),
+    ],
+)
+def test_parse_hub_url_refuses_bad_pins(url: str, message: str) -> None:
+    with pytest.raises(InvalidURIError) as err:
+        parse_hub_url(url)
+    assert message in str(err.value) and repr(url) in str(err.value)
+
+
+def test_hub_url_without_a_pin_expects_the_name_prefix() -> None:
+    hub = parse_hub_url("https://h.example/resnet18-f37072fd.pth")
+    assert (hub.sha256, hub.expected) == (None, "f37072fd")
+
+
+def test_hub_url_errors_and_repr_hide_credentials() -> None:
+    url = "https://reader:hunter22@h.example/weights.pth?X-Amz-Signature=abc123"
+    with pytest.raises(InvalidURIError) as err:
+        parse_hub_url(url)
+    assert "hunter22" not in str(err.value) and "abc123" not in str(err.value)
+    assert "'https://***@h.example/weights.pth?X-Amz-Signature=***'" in str(err.value)
+    hub = parse_hub_url(url + "#sha256=" + SHA)
+    assert hub.url == url + "#sha256=" + SHA  # kept whole for the request
+    assert "hunter22" not in repr(hub)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: parse_s3_uri("s3://key:hunter22@bucket/x"),
+        lambda: parse_torchvision_uri("torchvision://u:hunter22@resnet18"),
+        lambda: source_kind("gs://u:hunter22@bucket/x"),
+    ],
+)
+def test_other_uri_errors_hide_credentials(call) -> None:
+    with pytest.raises(InvalidURIError) as err:
+        call()
+    assert "hunter22" not in str(err.value) and "***@" in str(err.value)
+
+
 # --- source_kind ------------------------------------------------------------------------------------------------
 
 
