@@ -13,13 +13,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from airflow_tl.data.decode import IMAGE_EXTENSIONS
 from airflow_tl.exceptions import InvalidArgumentError, PermanentError
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
