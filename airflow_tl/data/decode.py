@@ -65,6 +65,8 @@ def decode(data: bytes, key: str, *, channels: int, max_pixels: int, min_side: i
     """
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(key, "not an image in a format Pillow can read") from exc
     except _PIL_ERRORS as exc:
         raise ImageDecodeError(key, str(exc) or type(exc).__name__) from exc
     width, height = image.size
