@@ -108,30 +108,36 @@ def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
 def to_8bit(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float grayscale as 8-bit ``L``, scaled by the sample type's range, not clipped.
 
-    Unsigned 16-bit divides by 257 (65535 -> 255). 32-bit integers (``I``) map 0..the type's maximum
-    (from a TIFF's BitsPerSample and SampleFormat, else signed 32-bit) onto 0..255, negatives to 0.
+    Unsigned 16-bit divides by 257 (65535 -> 255). 32-bit integer images (``I``) map 0..the type's
+    maximum onto 0..255, negatives to 0; the type is a TIFF's BitsPerSample and SampleFormat (unsigned
+    when absent, as TIFF says), or Pillow's own signed 32-bit for an image not read from a TIFF.
     Floats (``F``) are taken as 0..1, the convention of float image files. Other modes are returned as is.
 
     :param image: a loaded image.
     """
     if image.mode in _SIXTEEN_BIT:
-        top = 65535.0
+        samples, top = np.asarray(image), 65535
     elif image.mode == "I":
-        top = float(_integer_top(image))
+        samples, top = _integer_samples(image)
     elif image.mode == "F":
-        top = 1.0
+        samples, top = np.asarray(image), 1
     else:
         return image
-    samples = np.asarray(image, dtype=np.float32)
-    scaled = np.rint(np.clip(samples * np.float32(255.0 / top), 0.0, 255.0)).astype(np.uint8)
+    scaled = np.rint(np.clip(samples.astype(np.float32) * np.float32(255 / top), 0, 255)).astype(np.uint8)
     return Image.fromarray(scaled)  # uint8, two axes: mode L
 
 
-def _integer_top(image: Image.Image) -> int:
-    tags = getattr(image, "tag_v2", None) or {}
+def _integer_samples(image: Image.Image) -> tuple[np.ndarray, int]:
+    samples = np.asarray(image)  # int32
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return samples, 2**31 - 1
     bits = _first(tags.get(258), 32)  # BitsPerSample
-    signed = _first(tags.get(339), 2) == 2  # SampleFormat: 1 unsigned, 2 signed (Pillow's I is int32)
-    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    if _first(tags.get(339), 1) == 2:  # SampleFormat 2: signed
+        return samples, 2 ** (bits - 1) - 1
+    if bits == 32:
+        samples = samples.view(np.uint32)  # Pillow keeps unsigned 32-bit samples' bits in its int32 image
+    return samples, 2**bits - 1
 
 
 def _first(value, default: int) -> int:

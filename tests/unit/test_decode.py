@@ -40,19 +40,28 @@ def png(width: int, height: int, bit_depth: int, colour_type: int, rows: np.ndar
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-def tiff_rgb16(samples: np.ndarray) -> bytes:
-    """An uncompressed little-endian 16-bit RGB TIFF written by hand (Pillow cannot save one)."""
-    height, width, _ = samples.shape
-    body = samples.astype("<u2").tobytes()
-    entries = 10
-    bits_at = 8 + 2 + 12 * entries + 4
+def tiff(samples: np.ndarray, sample_format: int | None = None) -> bytes:
+    """An uncompressed little-endian TIFF written by hand, for sample types Pillow cannot save.
+
+    ``samples`` is (H, W) grayscale or (H, W, 3) RGB; the bit depth is its dtype's. ``sample_format``
+    (1 unsigned, 2 signed) is written for grayscale only; None leaves the tag out.
+    """
+    height, width = samples.shape[:2]
+    channels = samples.shape[2] if samples.ndim == 3 else 1
+    bits = samples.dtype.itemsize * 8
+    body = samples.astype(samples.dtype.newbyteorder("<")).tobytes()
+    entries = 10 + (sample_format is not None)
+    bits_at = 8 + 2 + 12 * entries + 4  # where three BitsPerSample values go when they do not fit the entry
     data_at = bits_at + 6
     tags = [
-        (256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
-        (273, 4, 1, data_at), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(body)), (284, 3, 1, 1),
+        (256, 3, 1, width), (257, 3, 1, height), (258, 3, channels, bits if channels == 1 else bits_at),
+        (259, 3, 1, 1), (262, 3, 1, 2 if channels == 3 else 1), (273, 4, 1, data_at), (277, 3, 1, channels),
+        (278, 3, 1, height), (279, 4, 1, len(body)), (284, 3, 1, 1),
     ]  # fmt: skip
+    if sample_format is not None:
+        tags.append((339, 3, 1, sample_format))
     ifd = struct.pack("<H", entries) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 16, 16, 16) + body
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", bits, bits, bits) + body
 
 
 GRADIENT16 = np.linspace(0, 65535, 48 * 64).round().astype(np.uint16).reshape(48, 64)
@@ -146,8 +155,24 @@ def test_48_bit_png_keeps_each_samples_high_byte() -> None:
 
 def test_16_bit_rgb_tiff_keeps_each_samples_high_byte() -> None:
     rgb16 = np.stack([GRADIENT16, GRADIENT16[::-1], np.full_like(GRADIENT16, 0x4000)], axis=-1)
-    out = pixels(tiff_rgb16(rgb16))
+    out = pixels(tiff(rgb16))
     assert np.array_equal(out, (rgb16.astype(np.int64) // 256).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("samples", "sample_format", "expected"),
+    [
+        (np.array([[-100, 0, 16384, 32767]], np.int16), 2, [[0, 0, 128, 255]]),
+        (np.array([[0, 2**31, 2**32 - 1]], np.uint32), 1, [[0, 128, 255]]),
+        (np.array([[0, 2**31, 2**32 - 1]], np.uint32), None, [[0, 128, 255]]),  # TIFF's default: unsigned
+        (np.array([[0, 2**30, 2**31 - 1, -5]], np.int32), 2, [[0, 128, 255, 0]]),
+    ],
+    ids=["int16", "uint32", "uint32-untagged", "int32"],
+)
+def test_integer_tiffs_scale_by_their_sample_type(samples: np.ndarray, sample_format: int | None, expected) -> None:
+    data = tiff(samples, sample_format)
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    assert pixels(data, channels=1).tolist() == expected
 
 
 def test_32_bit_integer_and_float_tiffs_scale_by_their_range() -> None:
