@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from airflow_tl.data.decode import IMAGE_EXTENSIONS
 from airflow_tl.data.layout import SPLITS, LayoutError, place
 from airflow_tl.data.manifest import DataManifest, describe_change
 from airflow_tl.data.split import DEFAULT_FRACTIONS, assign_splits
@@ -21,8 +22,6 @@ from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 __all__ = [
     "SPLITS",

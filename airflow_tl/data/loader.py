@@ -3,35 +3,33 @@
 At most ``window`` images are in flight or waiting at any time, so memory does not grow with the
 dataset. Threads fetch, decode, resize and crop (Pillow and the socket release the GIL); each batch
 is normalised once, as uint8 pixels turned float in one op. Encoded bytes may be kept between epochs
-up to ``cache_bytes`` to spare repeated GETs.
+up to ``cache_bytes`` to spare repeated GETs. Decoding is ``airflow_tl.data.decode``: large JPEGs at
+reduced size, and the pixel limit ``[airflow_tl] max_image_pixels``, read once per stream.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import random
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
+from airflow_tl import settings
 from airflow_tl.data.dataset import DatasetError, ImageDataset, ImageItem
-from airflow_tl.data.preprocess import normalize, to_pixels
+from airflow_tl.data.decode import ImageDecodeError, decode
+from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
 from airflow_tl.models.card import InputSpec
 from airflow_tl.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
-
 
 class CorruptImagesError(DatasetError):
-    """Images that cannot be decoded; the message lists their keys."""
+    """Images that cannot be decoded; the message lists their keys and why."""
 
 
 @dataclass
@@ -46,6 +44,7 @@ class Batch:
 class StreamStats:
     images: int = 0
     corrupt: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
     bytes_read: int = 0
 
 
@@ -73,6 +72,8 @@ class ImageStream:
         self._cache: dict[str, bytes] = {}
         self._cached = 0
         self.skipped: set[str] = set()  # corrupt keys skipped so far, over all passes
+        # Read once, here: every thread of every pass applies the same limit.
+        self.max_pixels = settings.get_int("max_image_pixels")
 
     def batches(
         self,
@@ -111,10 +112,11 @@ class ImageStream:
                 nxt = next(queue, None)
                 if nxt is not None:
                     pending.append((nxt, pool.submit(self._load, nxt, seed, epoch, augment)))
-                tensor, size = future.result()
+                tensor, size, reason = future.result()
                 stats.bytes_read += size
                 if tensor is None:
                     stats.corrupt.append(item.key)
+                    stats.reasons[item.key] = reason
                     continue
                 if xs and item.split != current:
                     yield self._batch(xs, ys, keys, current)
@@ -138,7 +140,7 @@ class ImageStream:
         if not stats.corrupt:
             return
         if not self.skip_corrupt:
-            shown = ", ".join(f"s3://{self.dataset.bucket}/{k}" for k in stats.corrupt[:20])
+            shown = "; ".join(f"s3://{self.dataset.bucket}/{k} ({stats.reasons[k]})" for k in stats.corrupt[:20])
             more = f" and {len(stats.corrupt) - 20} more" if len(stats.corrupt) > 20 else ""
             raise CorruptImagesError(
                 f"Dataset {self.dataset.uri}: {len(stats.corrupt)} {split} images cannot be decoded: {shown}{more}. "
@@ -147,11 +149,18 @@ class ImageStream:
         new = set(stats.corrupt) - self.skipped
         self.skipped |= new
         if new:
+            first = stats.corrupt[0]
             log.warning(
-                "Skipped %d corrupt %s images of %s (e.g. %s)", len(new), split, self.dataset.uri, stats.corrupt[0]
+                "Skipped %d corrupt %s images of %s (e.g. %s: %s)",
+                len(new),
+                split,
+                self.dataset.uri,
+                first,
+                stats.reasons[first],
             )
 
-    def _load(self, item: ImageItem, seed: int, epoch: int, augment: bool) -> tuple[torch.Tensor | None, int]:
+    def _load(self, item: ImageItem, seed: int, epoch: int, augment: bool) -> tuple[torch.Tensor | None, int, str]:
+        """One image as uint8 pixels, the bytes read, and why it could not be decoded (pixels None)."""
         data = self._cache.get(item.key)
         if data is None:
             data = self.store.get_bytes(f"s3://{self.dataset.bucket}/{item.key}")
@@ -159,11 +168,14 @@ class ImageStream:
                 self._cache[item.key] = data
                 self._cached += len(data)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
-                image.load()
-        except (*_DECODE_ERRORS, Image.DecompressionBombWarning):
-            return None, len(data)
+            image = decode(
+                data,
+                item.key,
+                channels=self.spec.channels,
+                max_pixels=self.max_pixels,
+                min_side=decode_side(self.spec, augment),
+            )
+        except ImageDecodeError as exc:
+            return None, len(data), exc.reason
         rng = random.Random(f"{seed}:{epoch}:{item.key}") if augment else None
-        return to_pixels(image, self.spec, augment=rng), len(data)
+        return to_pixels(image, self.spec, augment=rng), len(data), ""

@@ -21,6 +21,7 @@ from safetensors.torch import load, save
 from airflow_tl.data.dataset import SPLITS, ImageDataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE
+from airflow_tl.data.preprocess import PIXELS_VERSION
 from airflow_tl.exceptions import AirflowTLError, IntegrityError, InvalidArgumentError
 from airflow_tl.features.backbone import as_feature_extractor
 from airflow_tl.models.card import ModelCard
@@ -58,6 +59,7 @@ def cache_key(card: ModelCard, dataset: ImageDataset, *, skip_corrupt: bool) -> 
         "architecture": card.architecture,
         "head": card.head,
         "input": asdict(card.input),
+        "pixels": PIXELS_VERSION,
         "dataset": dataset.fingerprint(),
         "skip_corrupt": skip_corrupt,
     }

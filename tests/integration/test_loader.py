@@ -1,4 +1,5 @@
-"""Streaming image batches from S3: shapes, labels, order, augmentation, corrupt images, caching, bounded memory."""
+"""Streaming image batches from S3: shapes, labels, order, augmentation, corrupt images, caching, bounded memory,
+and real photos (formats, EXIF orientation, 16-bit, CMYK, draft decoding, the pixel limit)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from airflow_tl.data.dataset import DatasetError, list_dataset
+from airflow_tl.data.decode import decode
 from airflow_tl.data.loader import CorruptImagesError, ImageStream
+from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
 from airflow_tl.storage.s3 import S3Store
 from tests.helpers import SMALL_INPUT
 
@@ -289,3 +293,108 @@ def test_images_in_flight_never_exceed_the_window(store, images, batch_size, thr
     assert yielded == total == counts["started"]
     assert window // 2 <= max(ahead) <= window  # it does read ahead while the consumer is slow, within the window
     assert counts["max_running"] <= threads
+
+
+# --- real photos: formats, orientation, bit depth, the pixel limit ---------------------------------------------
+
+
+def photo(fmt: str, image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def marked(size: int = 64) -> Image.Image:
+    """White, with a red top-left quadrant: rotations and flips move it."""
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    image.paste((255, 0, 0), (0, 0, size // 2, size // 2))
+    return image
+
+
+def rotated_jpeg() -> bytes:
+    """The marked image as a phone stores a portrait shot: rotated, with EXIF orientation 6 to undo it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return photo("JPEG", marked().transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes(), quality=95)
+
+
+def grey16(value: int) -> Image.Image:
+    return Image.fromarray(np.full((48, 64), value, dtype=np.uint16))
+
+
+# key -> (bytes, the RGB every pixel of the top-left quadrant should have, the RGB of the bottom-right one)
+PHOTOS = {
+    "train/a/portrait.JPG": (rotated_jpeg(), (255, 0, 0), (255, 255, 255)),
+    "train/a/scan16.png": (photo("PNG", grey16(40000)), (156, 156, 156), (156, 156, 156)),  # 40000 / 257
+    "train/b/print.jpeg": (photo("JPEG", Image.new("CMYK", (64, 64), (0, 255, 255, 0)), quality=95), (255, 0, 0),
+                           (255, 0, 0)),
+    "train/b/scan16.TIF": (photo("TIFF", grey16(10280)), (40, 40, 40), (40, 40, 40)),  # 10280 / 257
+    "val/a/old.BMP": (photo("BMP", marked()), (255, 0, 0), (255, 255, 255)),
+    "val/b/icon.GIF": (photo("GIF", Image.new("P", (64, 64), 0), transparency=0), (255, 255, 255), (255, 255, 255)),
+}  # fmt: skip
+
+
+def test_real_photos_decode_as_a_viewer_shows_them(store, bucket):
+    root = f"s3://{bucket}/photos"
+    for rel, (data, _, _) in PHOTOS.items():
+        store.put_bytes(f"{root}/{rel}", data)
+    dataset = list_dataset(store, root)
+    assert sorted(i.key.removeprefix("photos/") for i in dataset.items) == sorted(PHOTOS)  # upper-case names listed
+    stream = ImageStream(store, dataset, SMALL_INPUT, batch_size=3, threads=4)
+    _, tensors = one_pass(stream, ("train", "val"))
+    mean, std = torch.tensor(SMALL_INPUT.mean)[:, None, None], torch.tensor(SMALL_INPUT.std)[:, None, None]
+    half = SMALL_INPUT.crop_size // 2
+    for rel, (_, top_left, bottom_right) in PHOTOS.items():
+        rgb = tensors[f"photos/{rel}"] * std + mean  # back to 0..1
+        for quadrant, expected in ((rgb[:, 2 : half - 2, 2 : half - 2], top_left), (rgb[:, -half + 2 :, -half + 2 :],
+                                   bottom_right)):  # fmt: skip
+            assert quadrant.mean(dim=(1, 2)) * 255 == pytest.approx(expected, abs=4), rel
+
+
+def test_large_jpegs_are_decoded_at_reduced_size_and_match_a_full_decode(store, bucket):
+    rng = np.random.default_rng(5)
+    big = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((1600, 1200), Image.BICUBIC)
+    data = photo("JPEG", big, quality=90)
+    root = f"s3://{bucket}/big"
+    for rel in ("train/a/0.jpg", "train/b/1.jpg", "val/a/2.jpg", "val/b/3.jpg"):
+        store.put_bytes(f"{root}/{rel}", data)
+    stream = ImageStream(store, list_dataset(store, root), SMALL_INPUT, batch_size=2, threads=2)
+    _, tensors = one_pass(stream)
+
+    drafted = decode(data, "k", channels=3, max_pixels=10**9, min_side=decode_side(SMALL_INPUT, augment=False))
+    assert drafted.size == (200, 150)  # 1/8 scale still leaves the 32 px the model needs
+    full = to_pixels(Image.open(io.BytesIO(data)).convert("RGB"), SMALL_INPUT)
+    for x in tensors.values():
+        assert torch.equal(x, normalize(to_pixels(drafted, SMALL_INPUT), SMALL_INPUT))
+        assert (normalize(full, SMALL_INPUT) - x).abs().mean() * 255 * SMALL_INPUT.std[0] < 1.5  # levels of 255
+
+
+@pytest.fixture
+def with_huge(store, bucket):
+    root = f"s3://{bucket}/huge"
+    for rel in ("train/a/0.png", "train/b/1.png", "val/a/2.png", "val/b/3.png", "train/b/4.png"):
+        store.put_bytes(f"{root}/{rel}", photo("PNG", marked(64)))  # 4096 pixels
+    store.put_bytes(f"{root}/train/a/huge.png", photo("PNG", marked(100)))  # 10000 pixels
+    return list_dataset(store, root), "huge/train/a/huge.png"
+
+
+def test_an_image_over_the_pixel_limit_is_refused_naming_it_and_the_limit(store, bucket, with_huge, monkeypatch):
+    dataset, huge = with_huge
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_TL__MAX_IMAGE_PIXELS", "5000")
+    stream = ImageStream(store, dataset, SMALL_INPUT, batch_size=2, threads=4)
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_TL__MAX_IMAGE_PIXELS", "20000")  # read once per stream: no effect now
+    with pytest.raises(CorruptImagesError) as raised:
+        one_pass(stream)
+    message = str(raised.value)
+    assert (
+        f"s3://{bucket}/{huge} (100x100 is 10000 pixels, over the limit of 5000 ([airflow_tl] max_image_pixels))"
+        in message
+    )
+    assert ": 1 train images cannot be decoded" in message  # only the huge one
+
+    skipping = ImageStream(store, dataset, SMALL_INPUT, batch_size=2, threads=4, skip_corrupt=True)  # limit 20000
+    assert huge in one_pass(skipping)[0]
+    monkeypatch.setenv("AIRFLOW__AIRFLOW_TL__MAX_IMAGE_PIXELS", "5000")
+    skipping = ImageStream(store, dataset, SMALL_INPUT, batch_size=2, threads=4, skip_corrupt=True)
+    keys, _ = one_pass(skipping)
+    assert huge not in keys and len(keys) == 3 and skipping.skipped == {huge}
