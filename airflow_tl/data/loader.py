@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from airflow_tl import settings
-from airflow_tl.data.dataset import DatasetError, ImageDataset, ImageItem
+from airflow_tl.data.dataset import DatasetChangedError, DatasetError, ImageDataset, ImageItem
 from airflow_tl.data.decode import ImageDecodeError, decode
 from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
+from airflow_tl.exceptions import ObjectNotFoundError
 from airflow_tl.models.card import InputSpec
 from airflow_tl.storage.s3 import S3Store
 
@@ -159,11 +160,21 @@ class ImageStream:
                 stats.reasons[first],
             )
 
+    def _get(self, item: ImageItem) -> bytes:
+        uri = f"s3://{self.dataset.bucket}/{item.key}"
+        try:
+            return self.store.get_bytes(uri)
+        except ObjectNotFoundError:
+            raise DatasetChangedError(
+                f"Dataset {self.dataset.uri}: image {uri} was listed when this task started but no longer exists; "
+                "the dataset changed while the task ran. Run it again once the data is stable."
+            ) from None
+
     def _load(self, item: ImageItem, seed: int, epoch: int, augment: bool) -> tuple[torch.Tensor | None, int, str]:
         """One image as uint8 pixels, the bytes read, and why it could not be decoded (pixels None)."""
         data = self._cache.get(item.key)
         if data is None:
-            data = self.store.get_bytes(f"s3://{self.dataset.bucket}/{item.key}")
+            data = self._get(item)
             if self._cached + len(data) <= self.cache_bytes:
                 self._cache[item.key] = data
                 self._cached += len(data)

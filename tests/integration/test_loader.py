@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from airflow_tl.data.dataset import DatasetError, list_dataset
+from airflow_tl.data.dataset import DatasetChangedError, DatasetError, list_dataset
 from airflow_tl.data.decode import decode
 from airflow_tl.data.loader import CorruptImagesError, ImageStream
 from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
@@ -219,6 +219,20 @@ def test_skip_corrupt_leaves_the_image_out(store, bucket, with_corrupt):
         assert sorted(keys) == good
         assert sum(len(b.y) for b in batches) == sum(len(b.x) for b in batches) == len(good)
         assert stream.skipped == {corrupt_key}
+
+
+def test_an_image_deleted_after_listing_fails_naming_it_even_with_skip_corrupt(store, bucket):
+    root = f"s3://{bucket}/vanishing"
+    upload(store, root, {"train": 3, "val": 1})
+    dataset = list_dataset(store, root)
+    gone = dataset.split("train")[1].key
+    store.delete(f"s3://{bucket}/{gone}")  # deleted between listing and reading
+    stream = ImageStream(store, dataset, SMALL_INPUT, batch_size=2, threads=2, skip_corrupt=True)
+
+    with pytest.raises(DatasetChangedError) as err:
+        list(stream.batches("train"))
+    assert f"image s3://{bucket}/{gone} was listed when this task started but no longer exists" in str(err.value)
+    assert "AirflowFailException" in [c.__name__ for c in type(err.value).__mro__]  # not retried
 
 
 # --- caching and bounded memory ---------------------------------------------------------------------------------
