@@ -54,6 +54,8 @@ class Fault:
     :param min_body: for ``reset`` and ``stall``: only responses with at least this many body bytes.
     :param seconds: for ``delay`` and ``stall``.
     :param limit: hit at most this many requests in all.
+    :param per_request: hit one request (method and path) at most this many times, so that a retry that keeps
+        arriving in the same slot of the cycle (parallel clients in lockstep) is not hit forever.
     """
 
     kind: str
@@ -65,8 +67,10 @@ class Fault:
     min_body: int = 0
     seconds: float = 0.0
     limit: int | None = None
+    per_request: int | None = None
     seen: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
+    hit_requests: Counter[tuple[str, str]] = field(default_factory=Counter, init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,12 +84,21 @@ class Fault:
             and (body is None or body >= self.min_body)
         )
 
-    def take(self) -> bool:
+    def take(self, request: tuple[str, str]) -> bool:
         """Count one matching request; whether this one is hit."""
-        hit = self.seen % self.every < self.burst and (self.limit is None or self.hits < self.limit)
+        hit = (
+            self.seen % self.every < self.burst
+            and (self.limit is None or self.hits < self.limit)
+            and (self.per_request is None or self.hit_requests[request] < self.per_request)
+        )
         self.seen += 1
         self.hits += hit
+        self.hit_requests[request] += hit
         return hit
+
+    def reset(self) -> None:
+        self.seen = self.hits = 0
+        self.hit_requests.clear()
 
 
 @dataclass
@@ -155,6 +168,8 @@ class FaultProxy:
     def use(self, *faults: Fault) -> None:
         """Replace the faults and start counting afresh."""
         with self._lock:
+            for fault in faults:
+                fault.reset()
             self.faults = list(faults)
             self.events = []
             self.requests = 0
@@ -169,8 +184,8 @@ class FaultProxy:
 
     def _pick(self, kinds: set[str], method: str, path: str, conditional: bool, body: int | None) -> Fault | None:
         with self._lock:
-            for fault in self.faults:
-                if fault.kind in kinds and fault.matches(method, path, conditional, body) and fault.take():
+            for fault in (f for f in self.faults if f.kind in kinds):
+                if fault.matches(method, path, conditional, body) and fault.take((method, path)):
                     self.events.append(Event(fault.kind, method, path))
                     return fault
         return None

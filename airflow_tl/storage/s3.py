@@ -257,6 +257,7 @@ class S3Store:
             f"copying to {dst}",
             lambda: self.client.copy({"Bucket": src.bucket, "Key": src.key}, dst.bucket, dst.key, Config=TRANSFER),
         )
+        self._abort_orphaned_uploads(dst)
 
     def upload_file(self, path: str, uri: str | S3URI) -> None:
         """Upload a local file, streamed from disk: one PUT, or a multipart upload above ``MULTIPART_THRESHOLD``."""
@@ -268,6 +269,23 @@ class S3Store:
                 manager.upload(path, loc.bucket, loc.key).result()
 
         self._retrying(loc, "writing", upload)
+        if os.path.getsize(path) >= MULTIPART_THRESHOLD:
+            self._abort_orphaned_uploads(loc)
+
+    def _abort_orphaned_uploads(self, loc: S3URI) -> None:
+        """Abort multipart uploads of ``loc`` still open after ours completed.
+
+        A CreateMultipartUpload whose answer was lost is retried by botocore and leaves the first upload open,
+        holding storage (billed) until aborted; so does a try killed mid-upload. Best effort: listing uploads
+        needs its own permission, and the object itself is complete either way.
+        """
+        try:
+            found = self.client.list_multipart_uploads(Bucket=loc.bucket, Prefix=loc.key).get("Uploads", [])
+            for upload in (u for u in found if u["Key"] == loc.key):
+                self.client.abort_multipart_upload(Bucket=loc.bucket, Key=loc.key, UploadId=upload["UploadId"])
+                log.info("Aborted a multipart upload of %s left open by a lost answer or an earlier try", loc)
+        except (ClientError, BotoCoreError, *_BROKEN_BODY) as err:
+            log.warning("Could not check %s for multipart uploads left open: %s", loc, err)
 
     def upload_written(self, uri: str | S3URI, write: Callable[[str], None]) -> str:
         """Let ``write`` create a temporary local file, upload it as ``upload_file`` does, and return its sha256.

@@ -221,3 +221,25 @@ def test_stalled_body_is_read_again_after_the_read_timeout(store, bucket, proxy,
     with proxy.scenario(Fault("stall", min_body=1, seconds=1.5, limit=1)):
         assert via.get_bytes(uri) == b"y" * 500_000
     assert proxy.injected["stall"] == 1 and proxy.requests == 2
+
+
+def test_multipart_uploads_left_open_by_a_lost_answer_are_aborted(store, bucket, proxy, faulty, monkeypatch, tmp_path):
+    """botocore retries a CreateMultipartUpload whose answer was lost; the first upload stays open unless aborted."""
+    from boto3.s3.transfer import TransferConfig
+
+    from airflow_tl.storage import s3
+    from tests.faultproxy import Fault
+
+    small = 5 * 2**20  # S3's smallest part, so the test needs 12 MB rather than 100
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", small)
+    monkeypatch.setattr(s3, "TRANSFER", TransferConfig(multipart_threshold=small, multipart_chunksize=small))
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * (12 * 2**20 // 256))
+    via = faulty()
+    with proxy.scenario(Fault("reset", methods=("POST",), path=r"\?uploads", limit=1)):
+        via.upload_file(str(path), f"s3://{bucket}/big.bin")
+        via.copy(f"s3://{bucket}/big.bin", f"s3://{bucket}/copy/big.bin")
+    assert proxy.injected["reset"] == 1
+    assert store.client.head_object(Bucket=bucket, Key="big.bin")["ETag"].endswith('-3"')
+    assert store.get_bytes(f"s3://{bucket}/copy/big.bin") == path.read_bytes()
+    assert not store.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
