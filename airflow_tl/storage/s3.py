@@ -91,7 +91,7 @@ class S3RequestError(PermanentError):
 
 
 class BrokenResponseError(AirflowTLError):
-    """An S3 response broke off mid-body (connection reset, timeout, short read) every time it was tried."""
+    """An S3 response broke off mid-body (reset, timeout, short read); S3Store raises it once all attempts did."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _errors(uri: S3URI, action: str) -> Iterator[None]:
     except ClientError as err:
         raise classify_client_error(err, uri, action) from err
     except _BROKEN_BODY as err:
-        raise BrokenResponseError(f"The response while {action} {uri} broke off mid-body: {err}") from err
+        raise BrokenResponseError(f"The response broke off mid-body while {action} {uri}: {err}") from err
     except (NoCredentialsError, PartialCredentialsError) as err:
         raise AccessDeniedError(f"No usable credentials for {action} {uri}: {err}") from err
     except ParamValidationError as err:
@@ -152,7 +152,7 @@ def _chunks(body: Any, uri: S3URI) -> Iterator[bytes]:
             try:
                 chunk = body.read(_CHUNK)
             except BodyReadTimeoutError as err:
-                raise BrokenResponseError(f"Reading {uri} stalled mid-body: {err}") from err
+                raise BrokenResponseError(f"The response stalled mid-body while reading {uri}: {err}") from err
             if not chunk:
                 return
             yield chunk
