@@ -82,10 +82,6 @@ _BROKEN_BODY = (ResponseStreamingError, IncompleteReadError, FlexibleChecksumErr
 _CHUNK = 1024 * 1024
 
 
-class BucketNotFoundError(ObjectNotFoundError):
-    """The bucket of a URI does not exist."""
-
-
 class S3RequestError(PermanentError):
     """S3 refused a request in a way that trying again cannot change (a 4xx other than not-found or access)."""
 
@@ -112,7 +108,7 @@ def classify_client_error(err: ClientError, uri: S3URI, action: str) -> AirflowT
     code = str(err.response.get("Error", {}).get("Code", "")) or "unknown"
     status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code == "NoSuchBucket":
-        return BucketNotFoundError(f"Bucket {uri.bucket!r} does not exist (while {action} {uri}).")
+        return ObjectNotFoundError(f"Bucket {uri.bucket!r} does not exist (while {action} {uri}).")
     if code in _MISSING_KEY:
         return ObjectNotFoundError(f"No object at {uri} (while {action}).")
     if code in _DENIED:
@@ -127,6 +123,12 @@ def classify_client_error(err: ClientError, uri: S3URI, action: str) -> AirflowT
     if 400 <= status < 500:
         return S3RequestError(f"S3 refused {action} {uri}: {code} (HTTP {status}): {err}")
     return AirflowTLError(f"S3 error {code} (HTTP {status}) while {action} {uri}: {err}")
+
+
+def _bucket_missing(err: ObjectNotFoundError) -> bool:
+    """Whether not-found was said of the bucket rather than the key: an error, not an absent object."""
+    cause = err.__cause__
+    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") == "NoSuchBucket"
 
 
 @contextmanager
@@ -212,9 +214,9 @@ class S3Store:
 
         try:
             return self._retrying(loc, "reading", read)
-        except BucketNotFoundError:
-            raise
-        except ObjectNotFoundError:
+        except ObjectNotFoundError as err:
+            if _bucket_missing(err):
+                raise
             return None
 
     def put_if(
@@ -340,9 +342,9 @@ class S3Store:
         loc = _as_uri(uri)
         try:
             self._retrying(loc, "checking", lambda: self.client.head_object(Bucket=loc.bucket, Key=loc.key))
-        except BucketNotFoundError:
-            raise
-        except ObjectNotFoundError:
+        except ObjectNotFoundError as err:
+            if _bucket_missing(err):
+                raise
             return False
         return True
 

@@ -40,6 +40,8 @@ def test_missing_bucket_names_the_bucket(store):
         store.get_bytes("s3://tl-no-such-bucket/x")
     with pytest.raises(ObjectNotFoundError, match="tl-no-such-bucket"):
         store.list("s3://tl-no-such-bucket/prefix")
+    with pytest.raises(ObjectNotFoundError, match="Bucket 'tl-no-such-bucket' does not exist"):
+        store.get_with_etag("s3://tl-no-such-bucket/champion.json")  # not "no champion yet"
 
 
 def test_client_retries_throttling_and_5xx(store, local_s3):

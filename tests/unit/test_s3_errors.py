@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from airflow_tl.exceptions import AccessDeniedError, AirflowTLError, ObjectNotFoundError, PermanentError
-from airflow_tl.storage.s3 import BucketNotFoundError, S3RequestError, classify_client_error
+from airflow_tl.storage.s3 import S3RequestError, classify_client_error
 from airflow_tl.uris import parse_s3_uri
 
 URI = parse_s3_uri("s3://tl-bucket/runs/checkpoints/latest.json")
@@ -22,7 +22,7 @@ def answer(code: str, status: int) -> ClientError:
         ("NoSuchKey", 404, ObjectNotFoundError),
         ("404", 404, ObjectNotFoundError),  # HEAD answers carry no body, so the code is the status
         ("NotFound", 404, ObjectNotFoundError),
-        ("NoSuchBucket", 404, BucketNotFoundError),
+        ("NoSuchBucket", 404, ObjectNotFoundError),
         ("AccessDenied", 403, AccessDeniedError),
         ("403", 403, AccessDeniedError),
         ("InvalidAccessKeyId", 403, AccessDeniedError),
