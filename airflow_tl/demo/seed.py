@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from airflow_tl.demo.digits import SOURCE_CLASSES, TARGET_CLASSES, digit_images
-from airflow_tl.exceptions import AirflowTLError
+from airflow_tl.exceptions import InvalidModelCardError, ObjectNotFoundError
 from airflow_tl.models.architectures import describe_blocks, head_prefixes
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import read_card, save_model_folder
@@ -64,9 +64,10 @@ def upload_dataset(store: S3Store, images, uri: str, threads: int = 16) -> int:
 
 
 def _seeded_model_exists(store: S3Store, uri: str, seed: int, epochs: int) -> bool:
+    """Whether ``uri`` holds the source model of this seed; a missing or unreadable card means seed it again."""
     try:
         card = read_card(store, uri)
-    except AirflowTLError:
+    except (ObjectNotFoundError, InvalidModelCardError):
         return False
     return card.lineage.get("demo_seed") == {"version": SEED_VERSION, "seed": seed, "epochs": epochs}
 

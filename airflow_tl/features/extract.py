@@ -2,7 +2,11 @@
 
 The key covers the weights (sha256), the dataset listing (keys, ETags, split, classes) and the
 preprocessing, so any change recomputes and nothing else does. ``index.json`` is written last: a
-cache folder without it is incomplete and is recomputed.
+cache folder without it is incomplete and is recomputed. Only a missing index means "not cached": an
+index that cannot be read for any other reason fails the task with its URI.
+
+Shards go through a local temporary file both ways (multipart above ``MULTIPART_THRESHOLD``), so a
+large shard is never held in memory twice.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
-from safetensors.torch import load, save
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from airflow_tl.data.dataset import SPLITS, ImageDataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE
 from airflow_tl.data.preprocess import PIXELS_VERSION
-from airflow_tl.exceptions import AirflowTLError, IntegrityError, InvalidArgumentError
+from airflow_tl.exceptions import IntegrityError, InvalidArgumentError, ObjectNotFoundError
 from airflow_tl.features.backbone import as_feature_extractor
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import instantiate, load_model_folder, read_card
@@ -140,18 +145,25 @@ def extract_features(
 
 
 def _write_shard(store: S3Store, folder: str, split: str, number: int, rows, labels) -> dict:
-    data = save({"features": torch.cat(rows).contiguous(), "labels": torch.cat(labels).contiguous()})
+    tensors = {"features": torch.cat(rows).contiguous(), "labels": torch.cat(labels).contiguous()}
+    rows.clear()  # the batches now live on in ``tensors`` only
     name = f"{split}-{number:05d}.safetensors"
-    store.put_bytes(f"{folder}/{name}", data)
-    return {"file": name, "rows": sum(len(r) for r in rows), "sha256": hashlib.sha256(data).hexdigest()}
+    sha256 = store.upload_written(f"{folder}/{name}", lambda path: save_file(tensors, path))
+    return {"file": name, "rows": len(tensors["labels"]), "sha256": sha256}
 
 
 def _read_index(store: S3Store, folder: str) -> dict | None:
+    uri = f"{folder}/{INDEX_FILE}"
     try:
-        index = json.loads(store.get_bytes(f"{folder}/{INDEX_FILE}"))
-    except AirflowTLError:
+        raw = store.get_bytes(uri)
+    except ObjectNotFoundError:
         return None
-    return index if index.get("format_version") == FORMAT_VERSION else None
+    try:
+        index = json.loads(raw)
+    except ValueError as err:
+        log.warning("Feature cache index %s is not valid JSON (%s); treating the cache as incomplete", uri, err)
+        return None
+    return index if isinstance(index, dict) and index.get("format_version") == FORMAT_VERSION else None
 
 
 def read_features_index(store: S3Store, features_uri: str) -> dict:
@@ -175,11 +187,17 @@ def load_split(store: S3Store, features_uri: str, index: dict, split: str) -> tu
     """Features and labels of one split, each shard checked against its sha256."""
     xs, ys = [torch.empty(0, index["feature_dim"])], [torch.empty(0, dtype=torch.long)]
     for shard in index["shards"].get(split, []):
-        uri = f"{features_uri.rstrip('/')}/{shard['file']}"
-        data = store.get_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            raise IntegrityError(f"sha256 mismatch for features shard {uri}; the features folder was modified.")
-        tensors = load(data)
+        tensors = _read_shard(store, f"{features_uri.rstrip('/')}/{shard['file']}", shard["sha256"])
         xs.append(tensors["features"])
         ys.append(tensors["labels"])
     return torch.cat(xs), torch.cat(ys)
+
+
+def _read_shard(store: S3Store, uri: str, sha256: str) -> dict[str, torch.Tensor]:
+    with store.downloaded(uri) as (path, actual):
+        if actual != sha256:
+            raise IntegrityError(f"sha256 mismatch for features shard {uri}; the features folder was modified.")
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as err:
+            raise IntegrityError(f"Features shard {uri} is not a valid safetensors file: {err}.") from err

@@ -8,7 +8,8 @@ if TYPE_CHECKING:
     from airflow_tl.storage.s3 import S3Store
 
 # botocore's "standard" mode retries throttling, transient 5xx and connection errors with
-# exponential back-off. A connection's own ``config_kwargs`` extra overrides these.
+# exponential back-off. A connection's own ``config_kwargs`` extra overrides these. A body that breaks
+# off mid-read is not botocore's to retry: S3Store repeats the whole operation (docs/reliability.md).
 DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 8}
 # Image loading issues parallel GETs; more threads than pooled connections would reconnect constantly.
 MAX_POOL = 32

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError
+from airflow_tl.exceptions import InvalidArgumentError, InvalidModelCardError, ObjectNotFoundError
 from airflow_tl.models.architectures import (
     build_model,
     check_architecture,
@@ -172,9 +172,17 @@ def fetch_pretrained(spec: FetchSpec, *, store: S3Store, output_uri: str) -> Fet
 
 
 def _completed_earlier(store: S3Store, output_uri: str, spec: FetchSpec) -> ModelCard | None:
+    """The card an earlier try of this task left in its own output folder, when it fetched the same thing.
+
+    No card means no earlier result; a card that fails validation is an older format or damaged and is
+    rewritten (the folder is this task's own). Any other error reading it fails the task with the URI.
+    """
     try:
         card = read_card(store, output_uri)
-    except AirflowTLError:
+    except ObjectNotFoundError:
+        return None
+    except InvalidModelCardError as err:
+        log.warning("Rewriting the model folder %s: %s", output_uri, err)
         return None
     same = card.lineage.get("fetch_fingerprint") == spec.fingerprint()
     return card if same and store.exists(parse_s3_uri(output_uri).join(WEIGHTS_FILE)) else None

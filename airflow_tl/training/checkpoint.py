@@ -3,11 +3,15 @@
 Each epoch writes ``epoch-NNNN.safetensors`` (model, best model, optimizer tensors, torch RNG),
 then replaces ``latest.json`` (everything else, plus the file's sha256) in one PUT. A task killed
 at any moment leaves ``latest.json`` naming the last complete checkpoint.
+
+The epoch file goes through a local temporary file both ways, so a large checkpoint is never held in
+memory twice, and goes up as a multipart upload above ``MULTIPART_THRESHOLD``. Only a missing
+``latest.json`` means "no checkpoint": any other error reading it (access denied, S3 still failing after
+the retries) fails the task, rather than starting over at epoch 1 and overwriting the pointer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -15,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load, save
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from airflow_tl.exceptions import AirflowTLError, IntegrityError
+from airflow_tl.exceptions import IntegrityError, ObjectNotFoundError
 from airflow_tl.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
@@ -56,12 +61,11 @@ class CheckpointStore:
         optimizer_meta = _split_optimizer(state.optimizer, tensors)
         if state.torch_rng is not None:
             tensors["rng.torch"] = state.torch_rng
-        data = save(tensors)
         name = f"epoch-{state.epoch:04d}.safetensors"
-        self.store.put_bytes(f"{self.folder}/{name}", data)
+        sha256 = self.store.upload_written(f"{self.folder}/{name}", lambda path: save_file(tensors, path))
         pointer = {
             "file": name,
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": sha256,
             "epoch": state.epoch,
             "fingerprint": state.fingerprint,
             "optimizer": optimizer_meta,
@@ -79,15 +83,19 @@ class CheckpointStore:
         return f"{self.folder}/{name}"
 
     def load(self) -> TrainingState | None:
+        uri = f"{self.folder}/{POINTER}"
         try:
-            pointer = json.loads(self.store.get_bytes(f"{self.folder}/{POINTER}"))
-        except AirflowTLError:
+            raw = self.store.get_bytes(uri)
+        except ObjectNotFoundError:
             return None
-        uri = f"{self.folder}/{pointer['file']}"
-        data = self.store.get_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
-            raise IntegrityError(f"sha256 mismatch for checkpoint {uri}; it was modified after it was written.")
-        tensors = load(data)
+        try:
+            pointer = json.loads(raw)
+        except ValueError as err:
+            # Written in one PUT, so never half-written: damaged. Starting over would overwrite it unseen.
+            raise IntegrityError(
+                f"Checkpoint pointer {uri} is not valid JSON ({err}); delete it to train from epoch 1."
+            ) from err
+        tensors = _read_tensors(self.store, f"{self.folder}/{pointer['file']}", pointer["sha256"])
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
         return TrainingState(
@@ -103,6 +111,16 @@ class CheckpointStore:
             torch_rng=tensors.get("rng.torch"),
             python_rng=pointer["python_rng"],
         )
+
+
+def _read_tensors(store: S3Store, uri: str, sha256: str) -> dict[str, torch.Tensor]:
+    with store.downloaded(uri) as (path, actual):
+        if actual != sha256:
+            raise IntegrityError(f"sha256 mismatch for checkpoint {uri}; it was modified after it was written.")
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as err:
+            raise IntegrityError(f"Checkpoint {uri} is not a valid safetensors file: {err}.") from err
 
 
 def _split_optimizer(state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

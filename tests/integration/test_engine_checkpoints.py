@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from airflow_tl.training.checkpoint import CheckpointStore
+from airflow_tl.exceptions import AccessDeniedError, AirflowTLError, PermanentError
+from airflow_tl.training.checkpoint import POINTER, CheckpointStore
 from airflow_tl.training.config import TrainConfig
 from airflow_tl.training.engine import TrainingDivergedError, fit
 from airflow_tl.training.sources import TensorBatches
+from tests.faultproxy import Fault
 
 DIM, CLASSES = 16, 3
 TIMING_KEYS = ("seconds", "images_per_s")
@@ -176,3 +178,64 @@ def test_checkpoint_of_another_job_is_not_resumed(store, bucket):
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, 5]
     assert_same_weights(fresh, reference)
     assert checkpoints.load().fingerprint == "job-B"
+
+
+# --- S3 faults on the checkpoints (tests/faultproxy.py) ----------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(local_s3):
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(local_s3.endpoint_url) as proxy:
+        yield proxy
+        assert not proxy.errors, proxy.errors
+
+
+@pytest.fixture
+def faulty(proxy, monkeypatch):
+    """An S3Store built the production way over a connection through the proxy, with these botocore settings."""
+    from airflow_tl.hooks.s3 import s3_store
+
+    def build(**config_kwargs):
+        monkeypatch.setenv("AIRFLOW_CONN_TL_FAULTY", proxy.connection(**config_kwargs))
+        return s3_store("tl_faulty")
+
+    return build
+
+
+def test_a_pointer_that_cannot_be_read_fails_training_instead_of_starting_over(store, bucket, proxy, faulty):
+
+    folder = f"s3://{bucket}/runs/job/checkpoints"
+    with pytest.raises(Crash):
+        train(model_for(0), CrashingAt(source(), epoch=3), CONFIG, CheckpointStore(store, folder))
+    before = {o.key: o.etag for o in store.list(folder)}
+    assert sorted(k.rsplit("/", 1)[-1] for k in before) == ["epoch-0002.safetensors", POINTER]
+    checkpoints = CheckpointStore(faulty(retries={"mode": "standard", "total_max_attempts": 3}), folder)
+
+    with proxy.scenario(Fault("deny", path=f"/{POINTER}$")), pytest.raises(AccessDeniedError) as denied:
+        train(model_for(0), source(), CONFIG, checkpoints)
+    assert f"while reading {folder}/{POINTER}" in str(denied.value) and proxy.requests == 1
+
+    with proxy.scenario(Fault("internal", path=f"/{POINTER}$")), pytest.raises(AirflowTLError) as failing:
+        train(model_for(0), source(), CONFIG, checkpoints)
+    assert f"InternalError (HTTP 500) while reading {folder}/{POINTER}" in str(failing.value)
+    assert not isinstance(failing.value, PermanentError) and proxy.injected["internal"] == 3
+
+    assert {o.key: o.etag for o in store.list(folder)} == before  # no epoch 1 written, the pointer untouched
+
+
+def test_a_resume_reads_its_checkpoint_through_resets_mid_body(store, bucket, proxy, faulty):
+    uninterrupted = model_for(0)
+    train(uninterrupted, source(), CONFIG, checkpoints=None)
+    folder = f"s3://{bucket}/runs/reset/checkpoints"
+    with pytest.raises(Crash):
+        train(model_for(0), CrashingAt(source(), epoch=3), CONFIG, CheckpointStore(store, folder))
+
+    resumed = model_for(7)
+    with proxy.scenario(Fault("reset", methods=("GET",), min_body=1, every=2)):
+        result = train(resumed, source(), CONFIG, CheckpointStore(faulty(), folder))
+    assert result.resumed_from == 2
+    assert_same_weights(resumed, uninterrupted)
+    reset = [e.path for e in proxy.events]
+    assert any(p.endswith("/latest.json") for p in reset) and any("/epoch-0002.safetensors" in p for p in reset)

@@ -254,3 +254,30 @@ def test_nothing_is_pickled(store, bucket, monkeypatch):
         monkeypatch.setattr(module, name, refuse)
     loaded = CheckpointStore(store, folder).load()
     assert_bitwise(loaded.model, state.model)
+
+
+def test_a_checkpoint_above_the_multipart_threshold_goes_up_in_parts_streamed_from_disk(store, bucket):
+    import re
+    import tracemalloc
+
+    from airflow_tl.storage.s3 import MULTIPART_CHUNKSIZE, MULTIPART_THRESHOLD
+
+    weights = torch.arange(MULTIPART_THRESHOLD // 4 + 4096, dtype=torch.float32)  # just over the threshold
+    state = TrainingState(
+        epoch=1, fingerprint="big", model={"w": weights}, optimizer={"state": {}, "param_groups": []}, scheduler={}
+    )
+    folder = f"s3://{bucket}/big"
+    tracemalloc.start()  # Python's heap: what safetensors.torch.save or a read() of the file would allocate
+    try:
+        uri = CheckpointStore(store, folder).save(state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    head = store.client.head_object(Bucket=bucket, Key=uri.split("/", 3)[3])
+    assert head["ContentLength"] > MULTIPART_THRESHOLD
+    parts = re.fullmatch(r'"[0-9a-f]{32}-(\d+)"', head["ETag"])  # S3's ETag of a multipart upload
+    assert parts and int(parts[1]) == -(-head["ContentLength"] // MULTIPART_CHUNKSIZE)
+    assert peak < MULTIPART_CHUNKSIZE, f"{peak / 2**20:.0f} MiB of Python heap for a {weights.nbytes >> 20} MiB file"
+    loaded = CheckpointStore(store, folder).load()
+    assert torch.equal(loaded.model["w"], weights)
