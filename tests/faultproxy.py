@@ -8,7 +8,9 @@ the first. What it injected is counted, so tests can assert the faults really ha
 Kinds, by whether the request reached the upstream endpoint:
 
 - never reached it: ``slowdown`` (503 with S3's ``<Code>SlowDown</Code>`` body), ``internal`` (500
-  InternalError), ``deny`` (403 AccessDenied); ``delay`` waits ``seconds`` and then forwards.
+  InternalError), ``deny`` (403 AccessDenied); ``delay`` waits ``seconds`` and then forwards; ``hold`` waits,
+  unforwarded, until the test calls ``release()`` (then forwards) or ``drop()`` (then resets the connection, as
+  a request from a client that died mid-upload never completes), so a test can act while a request is in flight.
 - reached it, the answer was lost: ``lost`` (the upstream did it; the client gets 500 InternalError),
   ``reset`` (status line, headers and part of the body, then a TCP reset; a response without a body is
   reset before its status line), ``stall`` (headers and half the body, ``seconds`` of silence, the rest).
@@ -35,7 +37,7 @@ BEFORE = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
           "internal": (500, "InternalError", "We encountered an internal error. Please try again."),
           "deny": (403, "AccessDenied", "Access Denied")}  # fmt: skip
 AFTER = {"lost", "reset", "stall"}
-KINDS = {*BEFORE, "delay", *AFTER}
+KINDS = {*BEFORE, "delay", "hold", *AFTER}
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect"
 }  # fmt: skip
@@ -56,6 +58,8 @@ class Fault:
     :param limit: hit at most this many requests in all.
     :param per_request: hit one request (method and path) at most this many times, so that a retry that keeps
         arriving in the same slot of the cycle (parallel clients in lockstep) is not hit forever.
+
+    A ``hold`` sets ``arrived`` when it catches a request and waits for ``release()`` or ``drop()``.
     """
 
     kind: str
@@ -71,6 +75,9 @@ class Fault:
     seen: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
     hit_requests: Counter[tuple[str, str]] = field(default_factory=Counter, init=False)
+    arrived: threading.Event = field(default_factory=threading.Event, init=False)
+    _released: threading.Event = field(default_factory=threading.Event, init=False)
+    _dropped: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -95,6 +102,15 @@ class Fault:
         self.hits += hit
         self.hit_requests[request] += hit
         return hit
+
+    def release(self) -> None:
+        """Let held requests go on to the upstream."""
+        self._released.set()
+
+    def drop(self) -> None:
+        """Never forward held requests; their connections are reset."""
+        self._dropped = True
+        self._released.set()
 
     def reset(self) -> None:
         self.seen = self.hits = 0
@@ -220,11 +236,17 @@ class _Handler(BaseHTTPRequestHandler):
         conditional = "If-Match" in self.headers or "If-None-Match" in self.headers
         with self.proxy._lock:
             self.proxy.requests += 1
-        fault = self.proxy._pick({*BEFORE, "delay"}, self.command, path, conditional, None)
+        fault = self.proxy._pick({*BEFORE, "delay", "hold"}, self.command, path, conditional, None)
         if fault is not None and fault.kind in BEFORE:
             self._send_error(*BEFORE[fault.kind])
             return
-        if fault is not None:
+        if fault is not None and fault.kind == "hold":
+            fault.arrived.set()
+            fault._released.wait()
+            if fault._dropped:
+                self._reset_connection()
+                return
+        elif fault is not None:
             time.sleep(fault.seconds)
         status, reason, headers, payload = self._forward(body)
         fault = self.proxy._pick(AFTER, self.command, path, conditional, len(payload))

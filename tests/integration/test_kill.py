@@ -13,13 +13,13 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load
 
 from airflow_tl.evaluation.task import evaluate_and_register
 from airflow_tl.registry.promotion import Gate
 from airflow_tl.registry.store import Registry
+from airflow_tl.uris import slug
 from tests.faultproxy import Fault, FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,3 +101,82 @@ def wait_for(condition, what: str, run: Run, timeout: float = 300) -> None:
 
 def weights(store, version_uri: str) -> dict[str, torch.Tensor]:
     return load(store.get_bytes(f"{version_uri}/model.safetensors"))
+
+
+def test_sigkill_mid_epoch_mid_checkpoint_and_mid_publish_then_retries_end_as_an_uninterrupted_run(
+    store, bucket, demo, local_s3, run_dag
+):
+    conf = {
+        "dataset_uri": demo.target_dataset, "pretrained_uri": demo.source_model, "model_name": "digits",
+        "work_uri": f"s3://{bucket}/work", "epochs": 3, "patience": None, "on_class_change": "promote",
+    }  # fmt: skip
+    reference = run_dag(DAG, conf | {"registry_uri": f"s3://{bucket}/reference"})
+    assert reference.state == "success", reference.failures
+    expected = weights(store, reference.xcoms["evaluate"]["model_uri"])
+
+    conf |= {"registry_uri": f"s3://{bucket}/registry"}
+    registry = Registry(store, conf["registry_uri"], "digits")
+    # A champion to keep valid throughout (digits 0-4: other classes, so on_class_change decides the end).
+    evaluate_and_register(
+        store, model_uri=demo.source_model, dataset_uri=demo.source_dataset, registry_uri=conf["registry_uri"],
+        model_name="digits", version="before", gate=Gate(),
+    )  # fmt: skip
+    watch = PointerWatch(registry)
+    watch.start()
+
+    with FaultProxy(local_s3.endpoint_url) as proxy:
+        env = {**os.environ, "AIRFLOW_CONN_AWS_DEFAULT": proxy.connection()}
+
+        # 1. Mid-epoch: epoch 1 is checkpointed, epoch 2 is under way.
+        first = Run("start", DAG, json.dumps(conf), env=env)
+        run_id = first.run_id()
+        prefix = f"s3://{bucket}/work/runs/{DAG}/{slug(run_id)}"
+        pointer = f"{prefix}/train/checkpoints/latest.json"
+        wait_for(lambda: store.exists(pointer), "first checkpoint", first)
+        epoch_seconds = json.loads(store.get_bytes(pointer))["history"][-1]["seconds"]
+        time.sleep(epoch_seconds * 0.4)
+        first.kill()
+        resumed_from = json.loads(store.get_bytes(pointer))["epoch"]
+        assert resumed_from in (1, 2) and not store.exists(f"{prefix}/train/model/model.json")
+
+        # 2. While the next epoch's checkpoint is being uploaded: every part of it is held, then the worker dies.
+        upload = Fault("hold", methods=("PUT",), path=r"/train/checkpoints/epoch-\d+\.safetensors")
+        proxy.use(upload)
+        second = Run("resume", DAG, run_id, env=env)
+        wait_for(upload.arrived.is_set, "a checkpoint upload", second)
+        second.kill()
+        upload.drop()
+        assert f"Resuming from checkpoint {prefix}/train/checkpoints after epoch {resumed_from}" in second.output
+        assert json.loads(store.get_bytes(pointer))["epoch"] == resumed_from  # the pointer still names a whole file
+        assert not store.exists(f"{prefix}/train/checkpoints/epoch-{resumed_from + 1:04d}.safetensors")
+
+        # 3. While the version is being published: the report's PUT is held, then the worker dies.
+        report = Fault("hold", methods=("PUT",), path=r"/versions/[^/]+/report\.html")
+        proxy.use(report)
+        third = Run("resume", DAG, run_id, env=env)
+        wait_for(report.arrived.is_set, "the version's report upload", third)
+        third.kill()
+        report.drop()
+        version = next(v for v in _version_folders(store, registry) if v != "before")
+        assert not registry.is_complete(version) and registry.versions() == ["before"]
+        assert registry.champion().champion.version == "before"
+
+        # The last retry finishes the run: evaluate again, publish the same version, promote it.
+        proxy.use()
+        fourth = Run("resume", DAG, run_id, env=env)
+        output = fourth.finish()
+    watch.stop.set()
+    watch.join(5)
+
+    assert "RETRY evaluate" in output and "RETRY train" not in output
+    assert registry.versions() == sorted(["before", version]) and registry.champion().champion.version == version
+    actual = weights(store, registry.version_uri(version))
+    assert actual.keys() == expected.keys()
+    assert all(torch.equal(actual[k], expected[k]) for k in expected), "weights differ from the uninterrupted run"
+    assert watch.invalid == [] and watch.seen == ["before", version]
+    assert [e["version"] for e in registry.history() if e["promoted"]] == ["before", version]
+
+
+def _version_folders(store, registry: Registry) -> set[str]:
+    prefix = f"{registry.root.key}/versions/"
+    return {o.key[len(prefix) :].split("/", 1)[0] for o in store.list(f"{registry.uri}/versions")}
