@@ -3,10 +3,14 @@ leaves the registry and its champion exactly as they were."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from airflow_tl.evaluation.task import evaluate_and_register
 from airflow_tl.registry.promotion import Gate
+from tests.faultproxy import Fault, FaultProxy
 from tests.helpers import copy_dataset, flatten_dataset, snapshot
 
 
@@ -91,5 +95,53 @@ def test_the_dataset_changing_between_training_and_evaluation(
     assert result.task_states["train"] == "success"
     assert_failed_once(
         result, "evaluate", "DatasetChangedError", f"Dataset {dataset} changed since the training of", what
+    )
+    assert snapshot(store, registry) == before
+
+
+@pytest.fixture
+def through_proxy(local_s3, monkeypatch):
+    """The DAG's S3 traffic through the fault proxy (seeding and checks above go straight to the S3 server)."""
+    with FaultProxy(local_s3.endpoint_url) as proxy:
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", proxy.connection())
+        yield proxy
+
+
+def test_access_denied_on_the_dataset(store, bucket, demo, small_target, registry, run_dag, through_proxy):
+    dataset = f"s3://{bucket}/private"
+    copy_dataset(store, small_target, dataset)
+    before = snapshot(store, registry)
+    through_proxy.use(Fault("deny", methods=("GET",), path=rf"^/{bucket}\?.*prefix=private/"))
+
+    result = run_dag("tl_test_retrying_partial_freeze", conf(demo, dataset, bucket, registry))
+
+    assert through_proxy.injected["deny"] == 1  # asked once: an AccessDenied is not retried
+    assert_failed_once(result, "train", "AccessDeniedError", f"s3://{bucket}/private", "AccessDenied")
+    assert snapshot(store, registry) == before
+
+
+def test_an_image_deleted_between_listing_and_reading(
+    store, bucket, demo, small_target, registry, run_dag, through_proxy
+):
+    dataset = f"s3://{bucket}/shrinking"
+    copy_dataset(store, small_target, dataset)
+    before = snapshot(store, registry)
+    images = Fault("hold", methods=("GET",), path=rf"^/{bucket}/shrinking/train/")
+    through_proxy.use(images)
+
+    def delete_the_first_image_asked_for() -> str:
+        images.arrived.wait(300)
+        time.sleep(0.5)  # the loader's other threads ask for their images too
+        key = through_proxy.events[0].path.split("/", 2)[2]
+        store.delete(f"s3://{bucket}/{key}")
+        images.release()
+        return key
+
+    with ThreadPoolExecutor(1) as pool:
+        deleted = pool.submit(delete_the_first_image_asked_for)
+        result = run_dag("tl_test_retrying_partial_freeze", conf(demo, dataset, bucket, registry))
+
+    assert_failed_once(
+        result, "train", "DatasetChangedError", f"image s3://{bucket}/{deleted.result()} was listed", "no longer exists"
     )
     assert snapshot(store, registry) == before
