@@ -66,6 +66,40 @@ def store(local_s3):
     return s3_store("aws_default")
 
 
+@pytest.fixture(scope="module")
+def fault_proxy(local_s3):
+    """tests/faultproxy.py in front of the S3 server, shared by a module's tests; each test picks its faults."""
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(local_s3.endpoint_url) as proxy:
+        yield proxy
+        assert not proxy.errors, proxy.errors
+
+
+@pytest.fixture
+def proxy(fault_proxy):
+    """The module's fault proxy with no faults and fresh counts, whatever the test before it chose."""
+    fault_proxy.use()
+    return fault_proxy
+
+
+@pytest.fixture
+def faulty(proxy, monkeypatch):
+    """``faulty(attempts=None, **config_kwargs)``: an S3Store built the production way over a connection through
+    the proxy; ``config_kwargs`` are botocore settings in the connection's extra, as a deployment would tune them,
+    and ``attempts`` the store's own tries of a broken body."""
+    from airflow_tl.hooks.s3 import s3_store
+
+    def build(attempts: int | None = None, **config_kwargs):
+        monkeypatch.setenv("AIRFLOW_CONN_TL_FAULTY", proxy.connection(**config_kwargs))
+        built = s3_store("tl_faulty")
+        if attempts is not None:
+            built.attempts = attempts
+        return built
+
+    return build
+
+
 @pytest.fixture
 def bucket(store) -> str:
     """A fresh, empty bucket per test, so tests never see each other's objects."""

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from airflow_tl.data.dataset import SPLITS, ImageDataset
 from airflow_tl.data.loader import ImageStream
@@ -32,6 +30,7 @@ from airflow_tl.features.backbone import as_feature_extractor
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import instantiate, load_model_folder, read_card
 from airflow_tl.storage.s3 import S3Store
+from airflow_tl.storage.tensors import read_tensors, write_tensors
 from airflow_tl.uris import parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -148,7 +147,7 @@ def _write_shard(store: S3Store, folder: str, split: str, number: int, rows, lab
     tensors = {"features": torch.cat(rows).contiguous(), "labels": torch.cat(labels).contiguous()}
     rows.clear()  # the batches now live on in ``tensors`` only
     name = f"{split}-{number:05d}.safetensors"
-    sha256 = store.upload_written(f"{folder}/{name}", lambda path: save_file(tensors, path))
+    sha256 = write_tensors(store, f"{folder}/{name}", tensors)
     return {"file": name, "rows": len(tensors["labels"]), "sha256": sha256}
 
 
@@ -187,17 +186,8 @@ def load_split(store: S3Store, features_uri: str, index: dict, split: str) -> tu
     """Features and labels of one split, each shard checked against its sha256."""
     xs, ys = [torch.empty(0, index["feature_dim"])], [torch.empty(0, dtype=torch.long)]
     for shard in index["shards"].get(split, []):
-        tensors = _read_shard(store, f"{features_uri.rstrip('/')}/{shard['file']}", shard["sha256"])
+        uri = f"{features_uri.rstrip('/')}/{shard['file']}"
+        tensors = read_tensors(store, uri, shard["sha256"], name=f"features shard {uri}")
         xs.append(tensors["features"])
         ys.append(tensors["labels"])
     return torch.cat(xs), torch.cat(ys)
-
-
-def _read_shard(store: S3Store, uri: str, sha256: str) -> dict[str, torch.Tensor]:
-    with store.downloaded(uri) as (path, actual):
-        if actual != sha256:
-            raise IntegrityError(f"sha256 mismatch for features shard {uri}; the features folder was modified.")
-        try:
-            return load_file(path, device="cpu")
-        except SafetensorError as err:
-            raise IntegrityError(f"Features shard {uri} is not a valid safetensors file: {err}.") from err

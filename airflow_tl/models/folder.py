@@ -6,20 +6,16 @@ writer that dies half-way leaves something every reader rejects, never something
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from airflow_tl.exceptions import IntegrityError, InvalidModelCardError
+from airflow_tl.exceptions import InvalidModelCardError
 from airflow_tl.models.architectures import build_model, head_prefixes, load_weights
 from airflow_tl.models.card import ModelCard
 from airflow_tl.storage.s3 import S3Store
+from airflow_tl.storage.tensors import read_tensors, write_tensors
 from airflow_tl.uris import S3URI, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -53,16 +49,9 @@ def save_model_folder(
     folder = _folder(uri)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     check_head_matches(tensors, card, source=str(folder))
-    fd, path = tempfile.mkstemp(prefix="airflow-tl-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, path, metadata={"format": "pt"})
-        card.weights_sha256 = _sha256_file(path)
-        # An older card must not vouch for the weights while they are being replaced.
-        store.delete(folder.join(CARD_FILE))
-        store.upload_file(path, folder.join(WEIGHTS_FILE))
-    finally:
-        os.unlink(path)
+    # An older card must not vouch for the weights while they are being replaced.
+    store.delete(folder.join(CARD_FILE))
+    card.weights_sha256 = write_tensors(store, folder.join(WEIGHTS_FILE), tensors, metadata={"format": "pt"})
     for name, data in sorted((files or {}).items()):
         store.put_bytes(folder.join(name), data)
     store.put_bytes(folder.join(CARD_FILE), card.to_json(), content_type="application/json")
@@ -81,16 +70,7 @@ def load_model_folder(store: S3Store, uri: str | S3URI) -> tuple[dict[str, torch
     folder = _folder(uri)
     card = read_card(store, folder)
     weights_uri = folder.join(WEIGHTS_FILE)
-    with store.downloaded(weights_uri) as (path, sha):
-        if sha != card.weights_sha256:
-            raise IntegrityError(
-                f"sha256 mismatch for {weights_uri}: the card says {card.weights_sha256}, the file hashes to {sha}. "
-                "The folder is incomplete or was modified after it was written."
-            )
-        try:
-            state_dict = load_file(path, device="cpu")
-        except SafetensorError as err:
-            raise IntegrityError(f"{weights_uri} is not a valid safetensors file: {err}.") from err
+    state_dict = read_tensors(store, weights_uri, card.weights_sha256, name=str(weights_uri))
     check_head_matches(state_dict, card, source=str(folder))
     return state_dict, card
 
@@ -121,11 +101,3 @@ def instantiate(card: ModelCard, state_dict: dict[str, torch.Tensor] | None, *, 
             f"the head of {card.architecture}."
         )
     return model
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from airflow_tl.exceptions import IntegrityError, ObjectNotFoundError
 from airflow_tl.storage.s3 import S3Store
+from airflow_tl.storage.tensors import read_tensors, write_tensors
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class CheckpointStore:
         if state.torch_rng is not None:
             tensors["rng.torch"] = state.torch_rng
         name = f"epoch-{state.epoch:04d}.safetensors"
-        sha256 = self.store.upload_written(f"{self.folder}/{name}", lambda path: save_file(tensors, path))
+        sha256 = write_tensors(self.store, f"{self.folder}/{name}", tensors)
         pointer = {
             "file": name,
             "sha256": sha256,
@@ -95,7 +94,8 @@ class CheckpointStore:
             raise IntegrityError(
                 f"Checkpoint pointer {uri} is not valid JSON ({err}); delete it to train from epoch 1."
             ) from err
-        tensors = _read_tensors(self.store, f"{self.folder}/{pointer['file']}", pointer["sha256"])
+        uri = f"{self.folder}/{pointer['file']}"
+        tensors = read_tensors(self.store, uri, pointer["sha256"], name=f"checkpoint {uri}")
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
         return TrainingState(
@@ -111,16 +111,6 @@ class CheckpointStore:
             torch_rng=tensors.get("rng.torch"),
             python_rng=pointer["python_rng"],
         )
-
-
-def _read_tensors(store: S3Store, uri: str, sha256: str) -> dict[str, torch.Tensor]:
-    with store.downloaded(uri) as (path, actual):
-        if actual != sha256:
-            raise IntegrityError(f"sha256 mismatch for checkpoint {uri}; it was modified after it was written.")
-        try:
-            return load_file(path, device="cpu")
-        except SafetensorError as err:
-            raise IntegrityError(f"Checkpoint {uri} is not a valid safetensors file: {err}.") from err
 
 
 def _split_optimizer(state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

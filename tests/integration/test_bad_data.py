@@ -10,7 +10,7 @@ import pytest
 
 from airflow_tl.evaluation.task import evaluate_and_register
 from airflow_tl.registry.promotion import Gate
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault
 from tests.helpers import copy_dataset, flatten_dataset, snapshot
 
 
@@ -100,11 +100,10 @@ def test_the_dataset_changing_between_training_and_evaluation(
 
 
 @pytest.fixture
-def through_proxy(local_s3, monkeypatch):
-    """The DAG's S3 traffic through the fault proxy (seeding and checks above go straight to the S3 server)."""
-    with FaultProxy(local_s3.endpoint_url) as proxy:
-        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", proxy.connection())
-        yield proxy
+def through_proxy(proxy, monkeypatch):
+    """The DAG's S3 traffic through the fault proxy (seeding and checks go straight to the S3 server)."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", proxy.connection())
+    return proxy
 
 
 def test_access_denied_on_the_dataset(store, bucket, demo, small_target, registry, run_dag, through_proxy):

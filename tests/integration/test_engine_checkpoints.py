@@ -183,27 +183,6 @@ def test_checkpoint_of_another_job_is_not_resumed(store, bucket):
 # --- S3 faults on the checkpoints (tests/faultproxy.py) ----------------------------------------------------------
 
 
-@pytest.fixture
-def proxy(local_s3):
-    from tests.faultproxy import FaultProxy
-
-    with FaultProxy(local_s3.endpoint_url) as proxy:
-        yield proxy
-        assert not proxy.errors, proxy.errors
-
-
-@pytest.fixture
-def faulty(proxy, monkeypatch):
-    """An S3Store built the production way over a connection through the proxy, with these botocore settings."""
-    from airflow_tl.hooks.s3 import s3_store
-
-    def build(**config_kwargs):
-        monkeypatch.setenv("AIRFLOW_CONN_TL_FAULTY", proxy.connection(**config_kwargs))
-        return s3_store("tl_faulty")
-
-    return build
-
-
 def test_a_pointer_that_cannot_be_read_fails_training_instead_of_starting_over(store, bucket, proxy, faulty):
 
     folder = f"s3://{bucket}/runs/job/checkpoints"

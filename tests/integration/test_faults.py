@@ -18,29 +18,10 @@ import torch
 from airflow_tl.exceptions import AccessDeniedError
 from airflow_tl.models.folder import load_model_folder
 from airflow_tl.registry.store import Registry
-from tests.faultproxy import Event, Fault, FaultProxy
+from tests.faultproxy import Event, Fault
 
 EPOCHS = 2
 MODEL = "digits"
-
-
-@pytest.fixture(scope="module")
-def proxy(local_s3):
-    with FaultProxy(local_s3.endpoint_url) as proxy:
-        yield proxy
-        assert not proxy.errors, proxy.errors
-
-
-@pytest.fixture
-def faulty(proxy, monkeypatch):
-    """An S3Store built the production way over a connection through the proxy, with these botocore settings."""
-    from airflow_tl.hooks.s3 import s3_store
-
-    def build(**config_kwargs):
-        monkeypatch.setenv("AIRFLOW_CONN_TL_FAULTY", proxy.connection(**config_kwargs))
-        return s3_store("tl_faulty")
-
-    return build
 
 
 # --- only a missing object is "absent" ---------------------------------------------------------------------------
@@ -86,9 +67,10 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run_through_proxy(proxy, run_dag, demo, small_target):
+def run_through_proxy(fault_proxy, run_dag, demo, small_target):
     """``run(strategy, *faults)``: the strategy's test DAG (no Airflow retries) in a fresh bucket, with every S3
     request of its tasks going through the proxy; the data and source model were seeded directly before."""
+    proxy = fault_proxy
     from airflow_tl.hooks.s3 import s3_store
 
     direct = s3_store("aws_default")

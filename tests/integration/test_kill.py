@@ -20,7 +20,7 @@ from airflow_tl.evaluation.task import evaluate_and_register
 from airflow_tl.registry.promotion import Gate
 from airflow_tl.registry.store import Registry
 from airflow_tl.uris import slug
-from tests.faultproxy import Fault, FaultProxy
+from tests.faultproxy import Fault
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG = "tl_test_pipeline_partial_freeze"
@@ -104,7 +104,7 @@ def weights(store, version_uri: str) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_mid_epoch_mid_checkpoint_and_mid_publish_then_retries_end_as_an_uninterrupted_run(
-    store, bucket, demo, local_s3, run_dag
+    store, bucket, demo, run_dag, proxy
 ):
     conf = {
         "dataset_uri": demo.target_dataset, "pretrained_uri": demo.source_model, "model_name": "digits",
@@ -124,47 +124,46 @@ def test_sigkill_mid_epoch_mid_checkpoint_and_mid_publish_then_retries_end_as_an
     watch = PointerWatch(registry)
     watch.start()
 
-    with FaultProxy(local_s3.endpoint_url) as proxy:
-        env = {**os.environ, "AIRFLOW_CONN_AWS_DEFAULT": proxy.connection()}
+    env = {**os.environ, "AIRFLOW_CONN_AWS_DEFAULT": proxy.connection()}
 
-        # 1. Mid-epoch: epoch 1 is checkpointed, epoch 2 is under way.
-        first = Run("start", DAG, json.dumps(conf), env=env)
-        run_id = first.run_id()
-        prefix = f"s3://{bucket}/work/runs/{DAG}/{slug(run_id)}"
-        pointer = f"{prefix}/train/checkpoints/latest.json"
-        wait_for(lambda: store.exists(pointer), "first checkpoint", first)
-        epoch_seconds = json.loads(store.get_bytes(pointer))["history"][-1]["seconds"]
-        time.sleep(epoch_seconds * 0.4)
-        first.kill()
-        resumed_from = json.loads(store.get_bytes(pointer))["epoch"]
-        assert resumed_from in (1, 2) and not store.exists(f"{prefix}/train/model/model.json")
+    # 1. Mid-epoch: epoch 1 is checkpointed, epoch 2 is under way.
+    first = Run("start", DAG, json.dumps(conf), env=env)
+    run_id = first.run_id()
+    prefix = f"s3://{bucket}/work/runs/{DAG}/{slug(run_id)}"
+    pointer = f"{prefix}/train/checkpoints/latest.json"
+    wait_for(lambda: store.exists(pointer), "first checkpoint", first)
+    epoch_seconds = json.loads(store.get_bytes(pointer))["history"][-1]["seconds"]
+    time.sleep(epoch_seconds * 0.4)
+    first.kill()
+    resumed_from = json.loads(store.get_bytes(pointer))["epoch"]
+    assert resumed_from in (1, 2) and not store.exists(f"{prefix}/train/model/model.json")
 
-        # 2. While the next epoch's checkpoint is being uploaded: every part of it is held, then the worker dies.
-        upload = Fault("hold", methods=("PUT",), path=r"/train/checkpoints/epoch-\d+\.safetensors")
-        proxy.use(upload)
-        second = Run("resume", DAG, run_id, env=env)
-        wait_for(upload.arrived.is_set, "a checkpoint upload", second)
-        second.kill()
-        upload.drop()
-        assert f"Resuming from checkpoint {prefix}/train/checkpoints after epoch {resumed_from}" in second.output
-        assert json.loads(store.get_bytes(pointer))["epoch"] == resumed_from  # the pointer still names a whole file
-        assert not store.exists(f"{prefix}/train/checkpoints/epoch-{resumed_from + 1:04d}.safetensors")
+    # 2. While the next epoch's checkpoint is being uploaded: every part of it is held, then the worker dies.
+    upload = Fault("hold", methods=("PUT",), path=r"/train/checkpoints/epoch-\d+\.safetensors")
+    proxy.use(upload)
+    second = Run("resume", DAG, run_id, env=env)
+    wait_for(upload.arrived.is_set, "a checkpoint upload", second)
+    second.kill()
+    upload.drop()
+    assert f"Resuming from checkpoint {prefix}/train/checkpoints after epoch {resumed_from}" in second.output
+    assert json.loads(store.get_bytes(pointer))["epoch"] == resumed_from  # the pointer still names a whole file
+    assert not store.exists(f"{prefix}/train/checkpoints/epoch-{resumed_from + 1:04d}.safetensors")
 
-        # 3. While the version is being published: the report's PUT is held, then the worker dies.
-        report = Fault("hold", methods=("PUT",), path=r"/versions/[^/]+/report\.html")
-        proxy.use(report)
-        third = Run("resume", DAG, run_id, env=env)
-        wait_for(report.arrived.is_set, "the version's report upload", third)
-        third.kill()
-        report.drop()
-        version = next(v for v in _version_folders(store, registry) if v != "before")
-        assert not registry.is_complete(version) and registry.versions() == ["before"]
-        assert registry.champion().champion.version == "before"
+    # 3. While the version is being published: the report's PUT is held, then the worker dies.
+    report = Fault("hold", methods=("PUT",), path=r"/versions/[^/]+/report\.html")
+    proxy.use(report)
+    third = Run("resume", DAG, run_id, env=env)
+    wait_for(report.arrived.is_set, "the version's report upload", third)
+    third.kill()
+    report.drop()
+    version = next(v for v in _version_folders(store, registry) if v != "before")
+    assert not registry.is_complete(version) and registry.versions() == ["before"]
+    assert registry.champion().champion.version == "before"
 
-        # The last retry finishes the run: evaluate again, publish the same version, promote it.
-        proxy.use()
-        fourth = Run("resume", DAG, run_id, env=env)
-        output = fourth.finish()
+    # The last retry finishes the run: evaluate again, publish the same version, promote it.
+    proxy.use()
+    fourth = Run("resume", DAG, run_id, env=env)
+    output = fourth.finish()
     watch.stop.set()
     watch.join(5)
 

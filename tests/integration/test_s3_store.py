@@ -85,30 +85,6 @@ def test_copy_is_server_side_and_names_a_missing_source(store, bucket):
 # --- faults, through tests/faultproxy.py between boto3 and moto ---------------------------------------------------
 
 
-@pytest.fixture
-def proxy(local_s3):
-    from tests.faultproxy import FaultProxy
-
-    with FaultProxy(local_s3.endpoint_url) as proxy:
-        yield proxy
-        assert not proxy.errors, proxy.errors
-
-
-@pytest.fixture
-def faulty(proxy, monkeypatch):
-    """``faulty(**config_kwargs)``: an S3Store built the production way, over a connection through the proxy."""
-    from airflow_tl.hooks.s3 import s3_store
-
-    def build(attempts: int | None = None, **config_kwargs):
-        monkeypatch.setenv("AIRFLOW_CONN_TL_FAULTY", proxy.connection(**config_kwargs))
-        built = s3_store("tl_faulty")
-        if attempts is not None:
-            built.attempts = attempts
-        return built
-
-    return build
-
-
 def test_reads_survive_responses_reset_mid_body(store, bucket, proxy, faulty, caplog):
     import hashlib
 
