@@ -27,12 +27,12 @@ from airflow_tl.models.card import InputSpec
 
 __all__ = ["decode_side", "normalize", "preprocess", "sample_crop", "to_model_mode", "to_pixels"]
 
-# Training crops: an area of 50-100 % of the photo's short-side square (the evaluation crop, 224 of
-# 256, shows 77 %, near the middle of this range) and a width/height between 4/5 and 5/4, log-uniform, so
-# a circle stays within 25 % of round whatever the photo's own aspect ratio.
 # Bump whenever the pixels an image becomes change (decoding, resizing, cropping): cached features made from
 # other pixels must not be reused. 2: EXIF orientation, scaled 16-bit, draft-mode JPEG decoding.
 PIXELS_VERSION = 2
+# Training crops: an area of 50-100 % of the photo's short-side square (the evaluation crop, 224 of
+# 256, shows 77 %, near the middle of this range) and a width/height between 4/5 and 5/4, log-uniform, so
+# a circle stays within 25 % of round whatever the photo's own aspect ratio.
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (4 / 5, 5 / 4)
 ROTATION_DEGREES = 10.0
