@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from airflow_tl.data.decode import IMAGE_EXTENSIONS
 from airflow_tl.data.layout import SPLITS, LayoutError, place
@@ -61,6 +61,8 @@ class ImageDataset:
     class_names: list[str]
     items: list[ImageItem]
     layout: str  # "splits" or "classes"
+    # Computed once: a listing is not changed after it is made (``only`` makes a new dataset).
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def split(self, name: str) -> list[ImageItem]:
         return [i for i in self.items if i.split == name]
@@ -70,8 +72,10 @@ class ImageDataset:
 
     def fingerprint(self) -> str:
         """Changes whenever any image (key or content ETag), split or class mapping changes."""
-        payload = [self.uri, self.class_names, [(i.key, i.etag, i.split, i.label) for i in self.items]]
-        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+        if self._fingerprint is None:
+            payload = [self.uri, self.class_names, [(i.key, i.etag, i.split, i.label) for i in self.items]]
+            self._fingerprint = hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+        return self._fingerprint
 
     def manifest(self) -> DataManifest:
         """Which images (key, ETag) are in which split: what a model trained on this listing saw."""

@@ -25,7 +25,7 @@ from airflow_tl.data.dataset import SPLITS, ImageDataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE
 from airflow_tl.data.preprocess import PIXELS_VERSION
-from airflow_tl.exceptions import IntegrityError, InvalidArgumentError, ObjectNotFoundError
+from airflow_tl.exceptions import InvalidArgumentError, ObjectNotFoundError
 from airflow_tl.features.backbone import as_feature_extractor
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import instantiate, load_model_folder, read_card
@@ -171,15 +171,6 @@ def read_features_index(store: S3Store, features_uri: str) -> dict:
     if index is None:
         raise InvalidArgumentError(f"{features_uri} is not a complete features folder (no {INDEX_FILE}).")
     return index
-
-
-def read_features_manifest(store: S3Store, features_uri: str, index: dict) -> bytes:
-    """The data manifest of the listing the features were extracted from, checked against the index."""
-    uri = f"{features_uri.rstrip('/')}/{MANIFEST_FILE}"
-    data = store.get_bytes(uri)
-    if hashlib.sha256(data).hexdigest() != index["data_manifest_sha256"]:
-        raise IntegrityError(f"sha256 mismatch for {uri}; the features folder was modified.")
-    return data
 
 
 def load_split(store: S3Store, features_uri: str, index: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,9 +18,9 @@ from torch import nn
 
 from airflow_tl.data.dataset import class_mapping, list_dataset
 from airflow_tl.data.loader import ImageStream
-from airflow_tl.data.manifest import MANIFEST_FILE
+from airflow_tl.data.manifest import MANIFEST_FILE, read_manifest
 from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
-from airflow_tl.features.extract import load_split, read_features_index, read_features_manifest
+from airflow_tl.features.extract import load_split, read_features_index
 from airflow_tl.models.architectures import build_model, load_weights
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import load_model_folder, read_card, save_model_folder
@@ -197,7 +197,8 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri, 
         "dataset_fingerprint": index["dataset_fingerprint"],
         "new_head": True,
     }
-    manifest = read_features_manifest(store, features_uri, index)
+    # The features' manifest, checked against their index; it serialises to the very bytes it was read from.
+    manifest = read_manifest(store, features_uri, sha256=index["data_manifest_sha256"]).to_bytes()
     out = _write(
         store, output_uri, weights, card, classes, config, result, model_uri, lineage, trainable, total,
         len(card.blocks), manifest,
