@@ -99,6 +99,17 @@ def wait_for(condition, what: str, run: Run, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+def resume_and_kill_at(proxy, put_path: str, run_id: str, env: dict[str, str]) -> Run:
+    """Retry the run until it PUTs to ``put_path``; hold that request in flight, SIGKILL the run, drop it."""
+    held = Fault("hold", methods=("PUT",), path=put_path)
+    proxy.use(held)
+    run = Run("resume", DAG, run_id, env=env)
+    wait_for(held.arrived.is_set, f"a PUT to {put_path}", run)
+    run.kill()
+    held.drop()
+    return run
+
+
 def weights(store, version_uri: str) -> dict[str, torch.Tensor]:
     return load(store.get_bytes(f"{version_uri}/model.safetensors"))
 
@@ -139,23 +150,13 @@ def test_sigkill_mid_epoch_mid_checkpoint_and_mid_publish_then_retries_end_as_an
     assert resumed_from in (1, 2) and not store.exists(f"{prefix}/train/model/model.json")
 
     # 2. While the next epoch's checkpoint is being uploaded: every part of it is held, then the worker dies.
-    upload = Fault("hold", methods=("PUT",), path=r"/train/checkpoints/epoch-\d+\.safetensors")
-    proxy.use(upload)
-    second = Run("resume", DAG, run_id, env=env)
-    wait_for(upload.arrived.is_set, "a checkpoint upload", second)
-    second.kill()
-    upload.drop()
+    second = resume_and_kill_at(proxy, r"/train/checkpoints/epoch-\d+\.safetensors", run_id, env)
     assert f"Resuming from checkpoint {prefix}/train/checkpoints after epoch {resumed_from}" in second.output
     assert json.loads(store.get_bytes(pointer))["epoch"] == resumed_from  # the pointer still names a whole file
     assert not store.exists(f"{prefix}/train/checkpoints/epoch-{resumed_from + 1:04d}.safetensors")
 
     # 3. While the version is being published: the report's PUT is held, then the worker dies.
-    report = Fault("hold", methods=("PUT",), path=r"/versions/[^/]+/report\.html")
-    proxy.use(report)
-    third = Run("resume", DAG, run_id, env=env)
-    wait_for(report.arrived.is_set, "the version's report upload", third)
-    third.kill()
-    report.drop()
+    resume_and_kill_at(proxy, r"/versions/[^/]+/report\.html", run_id, env)
     version = next(v for v in _version_folders(store, registry) if v != "before")
     assert not registry.is_complete(version) and registry.versions() == ["before"]
     assert registry.champion().champion.version == "before"
