@@ -9,6 +9,7 @@ Airflow reads provider info while its configuration loads, so nothing here impor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ SECTION = "airflow_tl"
 @dataclass(frozen=True)
 class Option:
     default: str
-    type: str  # "string", "integer" or "boolean", as provider_info's schema names them
+    type: str  # "string", "integer", "float" or "boolean", as provider_info's schema names them
     description: str
     example: str | None = None
 
@@ -53,6 +54,42 @@ OPTIONS: dict[str, Option] = {
         "default Params.",
         "s3://ml-registry/models",
     ),
+    # The advisor's matrix (assess/advice.py). Defaults measured by bench/bench_matrix.py: docs/choosing.md.
+    "assess_large_images_per_class": Option(
+        "50",
+        "integer",
+        "Training images per class at which AssessTransferOperator calls a dataset large rather than small.",
+        "100",
+    ),
+    "assess_similarity_scores": Option(
+        "leep_relative,logme_gain",
+        "string",
+        "Comma-separated transferability scores that decide similarity, in order of preference; the first one "
+        "measured decides (LEEP needs the source model's own head). Known: leep_relative, logme_gain, probe_skill.",
+        "logme_gain",
+    ),
+    "assess_leep_relative_threshold": Option(
+        "0.3",
+        "float",
+        "leep_relative (the share of the target labels' entropy that LEEP's predictor explains: 0 when the source "
+        "model's own predictions say nothing about the target labels, 1 when they say everything) at or above which "
+        "the target data counts as similar to the pretraining data.",
+        "0.4",
+    ),
+    "assess_logme_gain_threshold": Option(
+        "0.0",
+        "float",
+        "logme_gain (LogME of the frozen features minus LogME of a constant feature: the per-image log Bayes factor "
+        "of the features against the class frequencies alone) at or above which the target data counts as similar.",
+        "0.5",
+    ),
+    "assess_probe_skill_threshold": Option(
+        "0.8",
+        "float",
+        "probe_skill (linear-probe accuracy on held-out images, 0 at chance, 1 perfect) at or above which the "
+        "target data counts as similar.",
+        "0.9",
+    ),
 }
 
 
@@ -79,6 +116,19 @@ def get_int(key: str) -> int:
         value = 0
     if value < 1:
         raise InvalidArgumentError(f"Setting [{SECTION}] {key} must be a positive integer. Provided value: {raw!r}.")
+    return value
+
+
+def get_float(key: str) -> float:
+    from airflow_tl.exceptions import InvalidArgumentError
+
+    raw = get(key).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"Setting [{SECTION}] {key} must be a finite number. Provided value: {raw!r}.")
     return value
 
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY = ("torch", "torchvision", "sklearn", "boto3", "botocore", "matplotlib")
 STRATEGY_DAGS = ["tl_feature_extraction", "tl_from_scratch", "tl_full_finetune", "tl_partial_freeze"]
-DAG_IDS = sorted(["tl_fetch_pretrained", *STRATEGY_DAGS])
+MULTI_DAGS = ["tl_auto", "tl_tournament"]
+DAG_IDS = sorted(["tl_fetch_pretrained", *STRATEGY_DAGS, *MULTI_DAGS])
 
 _PROBE = """
 import importlib, importlib.util, sys
@@ -81,6 +82,36 @@ def test_strategy_dags_are_documented_typed_retried_and_declare_the_model_asset(
         assert task.retries >= 1 and task.execution_timeout is not None, task.task_id
     (outlet,) = dag.get_task("evaluate").outlets
     assert isinstance(outlet, Asset) and outlet.uri == "x-airflow-tl://airflow-tl-demo/registry/digits-5-9"
+
+
+@pytest.mark.parametrize("dag_id", MULTI_DAGS)
+def test_multi_strategy_dags_hold_every_strategy_in_its_own_group(dag_id):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags[dag_id]
+    groups = {t.task_group.group_id for t in dag.tasks if t.task_group and t.task_group.group_id}
+    assert groups == {"feature_extraction", "partial_freeze", "full_finetune", "from_scratch"}
+    assert dag.get_task("assess").upstream_task_ids == {"fetch_pretrained"}
+    for name in ("epochs", "batch_size", "learning_rate"):  # null: each strategy's own default
+        assert (
+            dag.params.get_param(name).value is None and "each strategy's own" in dag.params.get_param(name).description
+        )
+    assert dag.params["max_images"] == 2000 and "docs/choosing.md" in dag.doc_md
+    for task in dag.tasks:
+        assert (
+            task.retries >= 1 and task.execution_timeout is not None or task.task_id.startswith(("choose", "enter"))
+        ), task.task_id
+    if dag_id == "tl_auto":
+        assert dag.params["strategy"] == "auto"
+        assert dag.get_task("choose_strategy").downstream_task_ids == {
+            "feature_extraction.extract_features", "partial_freeze.train", "full_finetune.train", "from_scratch.train",
+        }  # fmt: skip
+    else:
+        assert dag.params["strategies"] == ["feature_extraction", "partial_freeze", "full_finetune", "from_scratch"]
+        tournament = dag.get_task("tournament")
+        assert tournament.trigger_rule == "all_done"
+        assert tournament.upstream_task_ids == {"assess", *(f"{g}.evaluate" for g in groups)}
+        assert all(dag.get_task(f"{g}.evaluate").promote is False for g in groups)
 
 
 def test_ruff_airflow_and_banned_import_rules_are_clean():

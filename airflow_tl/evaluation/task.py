@@ -34,6 +34,7 @@ class EvaluationResult:
     decision: Decision | None
     written: bool
     skipped_corrupt: int
+    dataset_fingerprint: str
 
     def summary(self) -> dict[str, Any]:
         """The XCom: small, JSON-able."""
@@ -49,6 +50,7 @@ class EvaluationResult:
             "champion_score": decision.champion_score if decision else None,
             "images_compared": decision.images_compared if decision else None,
             "written": self.written,
+            "dataset_fingerprint": self.dataset_fingerprint,
             "skipped_corrupt": self.skipped_corrupt,
         }
 
@@ -88,17 +90,7 @@ def evaluate_and_register(
         time.monotonic() - started,
     )
 
-    comparisons: dict[str, Comparison] = {}
-
-    def compare(champion: Champion) -> Comparison:
-        """The candidate against ``champion`` on images neither has seen, computed once per champion."""
-        if champion.version not in comparisons:
-            comparisons[champion.version] = compare_with_champion(
-                store, registry, champion, candidate=predictions, dataset=dataset, gate=gate,
-                batch_size=batch_size, threads=threads,
-            )  # fmt: skip
-        return comparisons[champion.version]
-
+    compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads)
     state = registry.champion()
     before = state.champion
     at_evaluation = compare(before) if before is not None else None
@@ -153,8 +145,64 @@ def evaluate_and_register(
             context={**context, "metrics": metrics.summary()},
         )
     return EvaluationResult(
-        version, registry.version_uri(version), metrics, decision, written, len(predictions.skipped_corrupt)
+        version, registry.version_uri(version), metrics, decision, written, len(predictions.skipped_corrupt),
+        dataset.fingerprint(),
+    )  # fmt: skip
+
+
+def gate_registered(
+    store: S3Store,
+    *,
+    registry_uri: str,
+    model_name: str,
+    version: str,
+    dataset_uri: str,
+    gate: Gate,
+    seed: int = 0,
+    layout: str = "auto",
+    batch_size: int = 64,
+    threads: int = 8,
+    context: dict[str, Any] | None = None,
+) -> Decision:
+    """Run the gate for a version already registered with ``promote=False`` (a tournament's winner).
+
+    The version is scored again on the test split of the listing it was trained on, so the comparison with the
+    champion leaves out the same images an ``evaluate_and_register`` with ``promote=True`` would have.
+    """
+    registry = Registry(store, registry_uri, model_name)
+    uri = registry.version_uri(version)
+    card = read_card(store, uri)
+    trained_on = read_manifest(store, uri, sha256=card.lineage.get("data_manifest_sha256"))
+    dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout, for_training=False)
+    if trained_on is not None and trained_on.dataset_uri == dataset.uri:
+        check_unchanged(dataset, trained_on, since=f"the training of {uri}")
+    predictions = predict(store, uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=True)
+    metrics = compute_metrics(predictions.probs, predictions.labels, predictions.class_names)
+    compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads)
+    return promote_if_better(
+        registry,
+        version=version,
+        score=metrics.summary()[gate.metric],
+        images=metrics.n,
+        gate=gate,
+        compare=compare,
+        context={**(context or {}), "metrics": metrics.summary()},
     )
+
+
+def _comparer(store, registry, predictions, dataset, gate, batch_size, threads):
+    """``compare(champion)``: the candidate against a champion on images neither has seen, once per champion."""
+    comparisons: dict[str, Comparison] = {}
+
+    def compare(champion: Champion) -> Comparison:
+        if champion.version not in comparisons:
+            comparisons[champion.version] = compare_with_champion(
+                store, registry, champion, candidate=predictions, dataset=dataset, gate=gate,
+                batch_size=batch_size, threads=threads,
+            )  # fmt: skip
+        return comparisons[champion.version]
+
+    return compare
 
 
 def _describe_champion(

@@ -165,6 +165,11 @@ def _read_index(store: S3Store, folder: str) -> dict | None:
     return index if isinstance(index, dict) and index.get("format_version") == FORMAT_VERSION else None
 
 
+def read_cached_index(store: S3Store, features_uri: str) -> dict | None:
+    """The index of a complete features folder, or None when it is not (yet) there."""
+    return _read_index(store, features_uri.rstrip("/"))
+
+
 def read_features_index(store: S3Store, features_uri: str) -> dict:
     """The index of a complete features folder, or a clear error."""
     index = _read_index(store, features_uri.rstrip("/"))

@@ -39,6 +39,8 @@ class EvaluateOperator(TransferLearningBaseOperator):
     :param skip_corrupt: leave out test images that cannot be decoded instead of failing. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
     :param version: registry version id; default derived from the DAG id and run id. (templated)
+    :param version_suffix: appended to the derived version id, so several candidates of one run (a tournament's
+        contenders) get versions of their own. (templated)
     :param context_extra: small JSON-able facts recorded with the version and promotion (e.g. strategy). (templated)
     """
 
@@ -60,6 +62,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         "skip_corrupt",
         "threads",
         "version",
+        "version_suffix",
         "context_extra",
     )
     uri_fields = (*TransferLearningBaseOperator.uri_fields, "model_uri", "dataset_uri", "registry_uri")
@@ -84,6 +87,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         skip_corrupt: bool = False,
         threads: int = 8,
         version: str | None = None,
+        version_suffix: str | None = None,
         context_extra: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -104,6 +108,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         self.skip_corrupt = skip_corrupt
         self.threads = threads
         self.version = version
+        self.version_suffix = version_suffix
         self.context_extra = context_extra
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -111,10 +116,13 @@ class EvaluateOperator(TransferLearningBaseOperator):
         from airflow_tl.evaluation.task import evaluate_and_register
         from airflow_tl.registry.promotion import Gate
         from airflow_tl.registry.store import version_id
+        from airflow_tl.uris import slug
 
         ti = context["ti"]
         gate = Gate(self.gate_metric, self.min_improvement, self.min_score, self.min_test_images, self.on_class_change)
         version = self.version or version_id(ti.dag_id, ti.run_id)
+        if self.version_suffix:
+            version = f"{version}--{slug(self.version_suffix)}"
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
         self.log.info(
             "Evaluating %s as %s version %s in %s", self.model_uri, self.model_name, version, self.registry_uri

@@ -138,28 +138,58 @@ def build_task_group(
 def _add_tasks(
     spec: Strategy, s: dict[str, Any], prefix: str, outlets: list[Asset], timeouts: dict[str, timedelta]
 ) -> None:
+    fetch = fetch_task(s, timeouts, init=spec.init, architecture=s.get("architecture"))
+    first, _ = strategy_tasks(
+        spec, s, prefix, f"{{{{ ti.xcom_pull(task_ids='{prefix}fetch_pretrained')['model_uri'] }}}}", timeouts,
+        outlets=outlets,
+    )  # fmt: skip
+    fetch >> first
+
+
+def fetch_task(
+    s: dict[str, Any], timeouts: dict[str, timedelta], *, init: str = "pretrained", architecture: str | None = None
+) -> FetchPretrainedOperator:
+    """The fetch task: the source's weights (or, for ``init="random"``, its architecture) as a model folder."""
+    return FetchPretrainedOperator(
+        task_id="fetch_pretrained",
+        pretrained_uri=s["pretrained_uri"],
+        architecture=architecture if init == "random" else None,
+        init=init,
+        # From scratch without a source: a placeholder head, replaced by one for the dataset's classes in training.
+        num_classes=2 if init == "random" else None,
+        image_size=s["image_size"],
+        seed=s["seed"],
+        execution_timeout=timeouts["fetch_pretrained"],
+        work_uri=s["work_uri"],
+    )
+
+
+def strategy_tasks(
+    spec: Strategy,
+    s: dict[str, Any],
+    prefix: str,
+    model_uri: str,
+    timeouts: dict[str, timedelta],
+    *,
+    outlets: list[Asset] | None = None,
+    **evaluate: Any,
+) -> tuple[Any, EvaluateOperator]:
+    """[extract →] train → evaluate for one strategy, starting from ``model_uri``; returns (first, evaluate).
+
+    ``prefix`` is the TaskGroup's (``"<group>."``) when the tasks are in one; ``evaluate`` adds EvaluateOperator
+    arguments (``promote``, ``version_suffix``, ``context_extra``).
+    """
+
     def pull(task_id: str, key: str) -> str:
         return f"{{{{ ti.xcom_pull(task_ids='{prefix}{task_id}')['{key}'] }}}}"
 
     common = {"work_uri": s["work_uri"]}
-    fetch = FetchPretrainedOperator(
-        task_id="fetch_pretrained",
-        pretrained_uri=s["pretrained_uri"],
-        architecture=s.get("architecture") if spec.init == "random" else None,
-        init=spec.init,
-        # From scratch without a source: a placeholder head, replaced by one for the dataset's classes in training.
-        num_classes=2 if spec.init == "random" else None,
-        image_size=s["image_size"],
-        seed=s["seed"],
-        execution_timeout=timeouts["fetch_pretrained"],
-        **common,
-    )
     train_inputs: dict[str, Any] = {"dataset_uri": s["dataset_uri"]}
-    upstream = fetch
+    extract = None
     if spec.uses_features:
         extract = ExtractFeaturesOperator(
             task_id="extract_features",
-            model_uri=pull("fetch_pretrained", "model_uri"),
+            model_uri=model_uri,
             dataset_uri=s["dataset_uri"],
             split_seed=s["seed"],
             layout=s["layout"],
@@ -168,12 +198,10 @@ def _add_tasks(
             execution_timeout=timeouts["extract_features"],
             **common,
         )
-        fetch >> extract
-        upstream = extract
         train_inputs = {"features_uri": pull("extract_features", "features_uri")}
     train = FreezeAndTrainOperator(
         task_id="train",
-        model_uri=pull("fetch_pretrained", "model_uri"),
+        model_uri=model_uri,
         freeze_layers=s["freeze_layers"] if spec.freeze_layers is None else spec.freeze_layers,
         init=spec.init,
         epochs=s["epochs"],
@@ -188,7 +216,7 @@ def _add_tasks(
         **train_inputs,
         **common,
     )
-    evaluate = EvaluateOperator(
+    evaluate_task = EvaluateOperator(
         task_id="evaluate",
         model_uri=pull("train", "model_uri"),
         dataset_uri=s["dataset_uri"],
@@ -203,12 +231,15 @@ def _add_tasks(
         layout=s["layout"],
         batch_size=s["batch_size"],
         skip_corrupt=s["skip_corrupt"],
-        context_extra={"strategy": spec.name},
-        outlets=outlets,
+        outlets=outlets or [],
         execution_timeout=timeouts["evaluate"],
+        **{"context_extra": {"strategy": spec.name}, **evaluate},
         **common,
     )
-    upstream >> train >> evaluate
+    if extract is not None:
+        extract >> train
+    train >> evaluate_task
+    return extract or train, evaluate_task
 
 
 def doc_md(spec: Strategy, dag_id: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import Param
 
 from airflow_tl.exceptions import InvalidArgumentError
-from airflow_tl.pipelines.strategies import Strategy
+from airflow_tl.pipelines.strategies import STRATEGIES, Strategy
 
 S3_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 SOURCE_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|torchvision://.+|https?://.+)$"
@@ -159,6 +159,59 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
     if unknown:
         raise InvalidArgumentError(
             f"Argument param_defaults has unknown Params for {strategy.name}: {', '.join(unknown)}. "
+            f"Known: {', '.join(params)}."
+        )
+    return params
+
+
+# Params whose default differs by strategy: in a DAG that runs several strategies, null means each one's own.
+PER_STRATEGY = ("epochs", "batch_size", "learning_rate")
+MULTI_DEFAULTS: dict[str, Any] = {"max_images": 2000, "strategy": "auto", "strategies": list(STRATEGIES)}
+
+
+def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> dict[str, Param]:
+    """Params of ``tl_auto`` (``kind="auto"``) or ``tl_tournament`` (``"tournament"``): every strategy's, plus
+    ``max_images`` for the assessment and ``strategy`` (auto) or ``strategies`` (tournament)."""
+    d = {**MULTI_DEFAULTS, **{k: None for k in PER_STRATEGY}, **(defaults or {})}
+    base = {k: v for k, v in d.items() if k not in MULTI_DEFAULTS and k not in PER_STRATEGY}
+    params = strategy_params(STRATEGIES["partial_freeze"], {**STRATEGIES["partial_freeze"].defaults, **base})
+    for name in PER_STRATEGY:
+        values = ", ".join(f"{s.name} {s.defaults.get(name)}" for s in STRATEGIES.values())
+        schema = {k: v for k, v in params[name].schema.items() if k != "type"}
+        params[name] = Param(
+            d[name],
+            type=["null", params[name].schema["type"]],
+            description=f"{params[name].description}; null: each strategy's own ({values})",
+            **schema,
+        )
+    params["freeze_layers"].description = f"{params['freeze_layers'].description} (partial_freeze only)"
+    params["max_images"] = Param(
+        d["max_images"],
+        type="integer",
+        minimum=2,
+        description="most training images the assessment runs through the network (a seeded sample)",
+    )
+    names = list(STRATEGIES)
+    if kind == "auto":
+        params["strategy"] = Param(
+            d["strategy"],
+            enum=["auto", *names],
+            description="'auto' follows the assessment's advice; a strategy name overrides it (the advice is "
+            "still measured and reported)",
+        )
+    else:
+        params["strategies"] = Param(
+            d["strategies"],
+            type="array",
+            items={"type": "string", "enum": names},
+            minItems=1,
+            uniqueItems=True,
+            description=f"strategies that compete, side by side: any of {', '.join(names)}",
+        )
+    unknown = sorted(set(defaults or {}) - set(params))
+    if unknown:
+        raise InvalidArgumentError(
+            f"Argument param_defaults has unknown Params for tl_{kind}: {', '.join(unknown)}. "
             f"Known: {', '.join(params)}."
         )
     return params
