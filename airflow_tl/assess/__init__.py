@@ -1,0 +1,1 @@
+"""Assessing a transfer before training: transferability scores and the strategy they advise."""
