@@ -6,18 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tl.pipelines.docs import params_table, render
+from airflow_tl.pipelines.docs import MULTI, page_path, params_table, render
 from airflow_tl.pipelines.strategies import STRATEGIES
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "strategies"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_strategy_page_lists_the_dags_params(strategy):
-    page = (DOCS / f"{strategy}.md").read_text()
-    assert params_table(strategy) in page, (
-        f"docs/strategies/{strategy}.md is out of date: run python -m airflow_tl.pipelines.docs"
-    )
+@pytest.mark.parametrize("strategy", [*STRATEGIES, *MULTI])
+def test_each_dags_page_lists_its_params(strategy):
+    path = page_path(DOCS, strategy)
+    page = path.read_text()
+    assert params_table(strategy) in page, f"{path} is out of date: run python -m airflow_tl.pipelines.docs"
     assert render(page, strategy) == page
 
 

@@ -10,7 +10,7 @@ HELD_OUT = 0.3  # of each class's sampled images; at least one is held out and o
 
 
 def held_out_split(labels: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices (fit, held out): per class a seeded shuffle, ``HELD_OUT`` of it held out, never a class left empty."""
+    """Row indices (fit, held out): per class a seeded shuffle, ``HELD_OUT`` of it held out, none left empty."""
     generator = torch.Generator().manual_seed(seed)
     fit, held = [], []
     for label in labels.unique(sorted=True).tolist():

@@ -70,7 +70,7 @@ def assess(
         store, card, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size, threads,
         skip_corrupt,
     )  # fmt: skip
-    scores, notes = _scores(store, card, model_uri, sample, len(dataset.class_names), seed)
+    scores, notes = _scores(store, card, model_uri, sample, dataset.class_names, seed)
     size = size_axis(train_counts, thresholds)
     similarity = similarity_axis(scores, thresholds, notes)
     quadrant, strategy, reason = advise(size, similarity, thresholds)
@@ -184,15 +184,18 @@ def _sample_rows(labels: torch.Tensor, max_images: int, seed: int) -> torch.Tens
     return torch.cat(rows).sort().values[:max_images]
 
 
-def _scores(store, card: ModelCard, model_uri: str, sample: Sample, num_classes: int, seed: int):
+def _scores(store, card: ModelCard, model_uri: str, sample: Sample, class_names: list[str], seed: int):
     """Every similarity score that can be measured, and notes on those that could not."""
     x, y = sample.features.double(), sample.labels
-    present = y.unique().numel()
-    if present < num_classes:
+    counts = torch.bincount(y, minlength=len(class_names)).tolist()
+    short = [f"{name!r} ({n})" for name, n in zip(class_names, counts, strict=True) if n < MIN_IMAGES_PER_CLASS]
+    if short:
         raise DatasetError(
-            f"The sample of {sample.features_uri} holds {present} of {num_classes} classes; images that could not "
-            "be decoded were skipped. Fix or remove them (see the task log) and assess again."
+            f"The sample in {sample.features_uri} has fewer than {MIN_IMAGES_PER_CLASS} readable images of "
+            f"{', '.join(short)}: images that could not be decoded were skipped. Fix or remove them (see the task "
+            "log) and assess again."
         )
+    num_classes = len(class_names)
     started = time.monotonic()
     scores: dict[str, float | None] = {"logme": logme(x, y, num_classes)}
     scores["logme_gain"] = scores["logme"] - logme_baseline(y, num_classes)

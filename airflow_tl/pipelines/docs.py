@@ -1,7 +1,9 @@
-"""The Params tables of docs/strategies/*.md, rendered from the Params themselves so the docs cannot drift.
+"""The Params tables of the docs, rendered from the Params themselves so the docs cannot drift.
 
-``python -m airflow_tl.pipelines.docs [docs folder]`` rewrites the table under each page's "## Params"
-heading; tests/test_docs.py fails when a page is out of date.
+Each strategy's page (docs/strategies/<strategy>.md) has its table under "## Params"; docs/choosing.md has
+tl_auto's and tl_tournament's under "## Params of tl_auto" and "## Params of tl_tournament".
+``python -m airflow_tl.pipelines.docs [docs folder]`` rewrites them; tests/test_docs.py fails when one is out
+of date.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow_tl.pipelines.params import strategy_params
+from airflow_tl.pipelines.params import multi_strategy_params, strategy_params
 from airflow_tl.pipelines.strategies import STRATEGIES
 
 HEADER = "| Param | type | default | what it does |\n|---|---|---|---|\n"
 _PATHS = re.compile(r"(?<!\S)([('\"]?)(\S*?<\S*>\S*?)([,;)'\"]{0,2})(?=\s|$)")
-_TABLE = re.compile(r"(## Params\n\n)(\| Param \|.*?\n)(?=\n|\Z)", re.S)
+MULTI = ("auto", "tournament")  # tl_auto and tl_tournament, documented in docs/choosing.md
+
+
+def _table(heading: str) -> re.Pattern[str]:
+    return re.compile(rf"({re.escape(heading)}\n\n)(\| Param \|.*?\n)(?=\n|\Z)", re.S)
 
 
 def params_table(strategy: str) -> str:
+    """The Params table of a strategy's DAG, or of ``tl_auto``/``tl_tournament`` for ``"auto"``/``"tournament"``."""
+    params = multi_strategy_params(strategy) if strategy in MULTI else strategy_params(STRATEGIES[strategy])
     rows = []
-    for name, param in strategy_params(STRATEGIES[strategy]).items():
+    for name, param in params.items():
         schema = param.schema
         default = f"`{param.value if isinstance(param.value, str) else json.dumps(param.value)}`"
         # Paths such as <prefix>/<class>/ read as HTML tags in rendered Markdown; code spans keep them.
@@ -34,6 +42,8 @@ def params_table(strategy: str) -> str:
 def _type(schema: dict[str, Any]) -> str:
     if "enum" in schema:
         return "one of " + ", ".join(f"`{v}`" for v in schema["enum"])
+    if schema.get("type") == "array":
+        return "list of " + _type(schema["items"]).replace("one of", "any of")
     kinds = schema.get("type", "string")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     nullable = "null" in kinds
@@ -46,18 +56,27 @@ def _type(schema: dict[str, Any]) -> str:
     return text + (f" ({', '.join(bounds)})" if bounds else "")
 
 
+def heading(strategy: str) -> str:
+    return f"## Params of tl_{strategy}" if strategy in MULTI else "## Params"
+
+
+def page_path(folder: Path, strategy: str) -> Path:
+    return folder / "choosing.md" if strategy in MULTI else folder / "strategies" / f"{strategy}.md"
+
+
 def render(page: str, strategy: str) -> str:
-    """``page`` with its Params table replaced by the current one."""
-    if not _TABLE.search(page):
-        raise ValueError(f"docs page of {strategy} has no '## Params' table")
-    return _TABLE.sub(lambda m: m.group(1) + params_table(strategy), page, count=1)
+    """``page`` with ``strategy``'s Params table replaced by the current one."""
+    table = _table(heading(strategy))
+    if not table.search(page):
+        raise ValueError(f"docs page of {strategy} has no '{heading(strategy)}' table")
+    return table.sub(lambda m: m.group(1) + params_table(strategy), page, count=1)
 
 
-def main(folder: str = "docs/strategies") -> int:
-    for strategy in STRATEGIES:
-        path = Path(folder) / f"{strategy}.md"
+def main(folder: str = "docs") -> int:
+    for strategy in (*STRATEGIES, *MULTI):
+        path = page_path(Path(folder), strategy)
         path.write_text(render(path.read_text(), strategy))
-        print(f"updated {path}")
+        print(f"updated {path} ({strategy})")
     return 0
 
 
