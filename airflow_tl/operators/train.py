@@ -38,6 +38,8 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     :param layer_decay: optional layer-wise learning-rate decay in (0, 1]. (templated)
     :param patience: stop after this many epochs without a better validation loss; None never stops early. (templated)
     :param label_smoothing: cross-entropy label smoothing in [0, 1). (templated)
+    :param lp_ft: LP-FT: fit a new head as a linear probe on the frozen features first, then train as configured
+        (Kumar et al. 2022; docs/strategies/full_finetune.md). (templated)
     :param augment: light, seeded augmentation of training images (crop, rotation, brightness). (templated)
     :param seed: seed of initialisation, shuffling, augmentation and the split. (templated)
     :param reset_head: ``"auto"`` trains a new head when the dataset's classes differ from the model's;
@@ -65,6 +67,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "layer_decay",
         "patience",
         "label_smoothing",
+        "lp_ft",
         "augment",
         "seed",
         "reset_head",
@@ -101,6 +104,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         layer_decay: float | None = None,
         patience: int | None = 3,
         label_smoothing: float = 0.1,
+        lp_ft: bool = False,
         augment: bool = False,
         seed: int = 0,
         reset_head: bool | Literal["auto"] = "auto",
@@ -126,6 +130,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.layer_decay = layer_decay
         self.patience = patience
         self.label_smoothing = label_smoothing
+        self.lp_ft = lp_ft
         self.augment = augment
         self.seed = seed
         self.reset_head = reset_head
@@ -154,6 +159,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             seed=self.seed,
             freeze_layers=self.freeze_layers,
             init=self.init,
+            lp_ft=self.lp_ft,
         )
         prefix = None if (self.output_uri and self.checkpoint_uri) else self.run_prefix(context)
         output_uri = self.output_uri or f"{prefix}/model"

@@ -26,7 +26,7 @@ from airflow_tl.pipelines.strategies import Strategy, get_strategy
 SETTINGS = (
     "dataset_uri", "pretrained_uri", "architecture", "image_size", "registry_uri", "model_name", "work_uri",
     "epochs", "batch_size", "learning_rate", "patience", "seed", "freeze_layers", "augment", "skip_corrupt",
-    "gate_metric", "min_improvement", "min_score", "min_test_images", "on_class_change", "layout",
+    "gate_metric", "min_improvement", "min_score", "min_test_images", "on_class_change", "layout", "lp_ft",
 )  # fmt: skip
 TIMEOUTS = {
     "fetch_pretrained": timedelta(hours=1),
@@ -209,6 +209,7 @@ def strategy_tasks(
         learning_rate=s["learning_rate"],
         patience=s["patience"],
         augment=False if spec.uses_features else s["augment"],
+        lp_ft=s["lp_ft"] if "lp_ft" in spec.options else False,
         seed=s["seed"],
         layout=s["layout"],
         skip_corrupt=s["skip_corrupt"],

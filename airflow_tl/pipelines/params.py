@@ -119,6 +119,13 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             minimum=0,
             description="number of leading blocks to freeze (ResNet: stem, layer1, ..., layer4)",
         )
+    if "lp_ft" in strategy.options:
+        params["lp_ft"] = Param(
+            d["lp_ft"],
+            type="boolean",
+            description="LP-FT: fit the new head as a linear probe on the frozen features first, then fine-tune "
+            "everything from there (Kumar et al. 2022)",
+        )
     if not strategy.uses_features:
         params["augment"] = Param(
             d["augment"],
@@ -173,7 +180,8 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
     """Params of ``tl_auto`` (``kind="auto"``) or ``tl_tournament`` (``"tournament"``): every strategy's, plus
     ``max_images`` for the assessment and ``strategy`` (auto) or ``strategies`` (tournament)."""
     d = {**MULTI_DEFAULTS, **{k: None for k in PER_STRATEGY}, **(defaults or {})}
-    base = {k: v for k, v in d.items() if k not in MULTI_DEFAULTS and k not in PER_STRATEGY}
+    base = {k: v for k, v in d.items() if k not in MULTI_DEFAULTS and k not in PER_STRATEGY and k != "lp_ft"}
+    # partial_freeze's Params hold every image strategy's but lp_ft, which full_finetune adds.
     params = strategy_params(STRATEGIES["partial_freeze"], {**STRATEGIES["partial_freeze"].defaults, **base})
     for name in PER_STRATEGY:
         values = ", ".join(f"{s.name} {s.defaults.get(name)}" for s in STRATEGIES.values())
@@ -185,6 +193,9 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
             **schema,
         )
     params["freeze_layers"].description = f"{params['freeze_layers'].description} (partial_freeze only)"
+    lp_ft = strategy_params(STRATEGIES["full_finetune"], {"lp_ft": d.get("lp_ft", False)})["lp_ft"]
+    lp_ft.description = f"{lp_ft.description} (full_finetune only)"
+    params["lp_ft"] = lp_ft
     params["max_images"] = Param(
         d["max_images"],
         type="integer",

@@ -20,6 +20,7 @@ class Strategy:
     init: str  # "pretrained" or "random"
     uses_features: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    options: tuple[str, ...] = ()  # Params only this strategy has, besides freeze_layers and architecture
 
     @property
     def dag_id(self) -> str:
@@ -73,7 +74,8 @@ STRATEGIES: dict[str, Strategy] = {
             ),
             freeze_layers=0,
             init="pretrained",
-            defaults={"epochs": 8, "learning_rate": 5e-4, "batch_size": 64},
+            defaults={"epochs": 8, "learning_rate": 5e-4, "batch_size": 64, "lp_ft": False},
+            options=("lp_ft",),
         ),
         Strategy(
             name="from_scratch",

@@ -33,6 +33,8 @@ class TrainConfig:
     seed: int = 0
     freeze_layers: int | str = 0
     init: str = "pretrained"
+    # LP-FT (training/lp_ft.py): fit a new head as a linear probe on the frozen features before training.
+    lp_ft: bool = False
 
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
@@ -55,6 +57,8 @@ class TrainConfig:
             raise InvalidArgumentError(
                 f"Argument init accepts only 'pretrained' and 'random'. Provided value: {self.init!r}."
             )
+        if not isinstance(self.lp_ft, bool):
+            raise InvalidArgumentError(f"Argument lp_ft accepts only True and False. Provided value: {self.lp_ft!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise InvalidArgumentError(f"Argument seed must be an integer. Provided value: {self.seed!r}.")
         if not (

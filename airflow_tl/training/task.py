@@ -29,6 +29,7 @@ from airflow_tl.storage.s3 import S3Store
 from airflow_tl.training.checkpoint import CheckpointStore
 from airflow_tl.training.config import TrainConfig
 from airflow_tl.training.engine import FitResult, fit
+from airflow_tl.training.lp_ft import linear_probe_head
 from airflow_tl.training.sources import ImageBatches, TensorBatches
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,6 @@ def _train_on_images(
         load_weights(model, card.architecture, state_dict, source=model_uri, skip_head=new_head)
     if new_head:
         log.info("Training a new %d-class head (%s) in place of %s's", len(classes), ", ".join(classes), model_uri)
-    frozen = freeze_first(model, card.blocks, k)
-    without_autograd(model, frozen)
-    trainable, total = _count(model)
-    log.info(
-        "Training %s (init=%s) with %d of %d blocks frozen: %s of %s parameters trainable",
-        card.architecture, config.init, k, len(card.blocks), f"{trainable:,}", f"{total:,}",
-    )  # fmt: skip
     stream = ImageStream(
         store,
         dataset,
@@ -132,6 +126,14 @@ def _train_on_images(
         skip_corrupt=skip_corrupt,
         cache_bytes=cache_bytes,
     )
+    probe = _linear_probe_first(model, card, config, stream, classes, new_head)
+    frozen = freeze_first(model, card.blocks, k)
+    without_autograd(model, frozen)
+    trainable, total = _count(model)
+    log.info(
+        "Training %s (init=%s) with %d of %d blocks frozen: %s of %s parameters trainable",
+        card.architecture, config.init, k, len(card.blocks), f"{trainable:,}", f"{total:,}",
+    )  # fmt: skip
     source = ImageBatches(stream, seed=config.seed, augment=config.augment)
     fingerprint = config.fingerprint(model=card.weights_sha256, data=dataset.fingerprint(), classes=classes)
     result = fit(
@@ -147,7 +149,7 @@ def _train_on_images(
     lineage = {"dataset_uri": dataset.uri, "dataset_fingerprint": dataset.fingerprint(), "new_head": new_head}
     out = _write(
         store, output_uri, model.state_dict(), card, classes, config, result, model_uri, lineage, trainable, total, k,
-        dataset.manifest().to_bytes(),
+        dataset.manifest().to_bytes(), {"linear_probe": probe} if probe else {},
     )  # fmt: skip
     return TrainResult(output_uri, out, result, trainable, total, len(stream.skipped))
 
@@ -206,9 +208,27 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri, 
     return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])))
 
 
+def _linear_probe_first(model, card, config, stream, classes, new_head) -> dict | None:
+    """LP-FT's first stage when ``config.lp_ft`` asks for it: the new head fitted on frozen features, in place."""
+    if not config.lp_ft:
+        return None
+    if config.init != "pretrained":
+        raise InvalidArgumentError("lp_ft probes pretrained features; with init='random' there are none to probe.")
+    if not new_head:
+        log.info("lp_ft: the model keeps its trained head (same classes), so there is no new head to probe first")
+        return None
+    if len(card.head) != 1:
+        raise InvalidArgumentError(
+            f"lp_ft needs a single linear head to probe; {card.architecture}'s head is {card.head}. Train without it."
+        )
+    (head,) = card.head
+    return linear_probe_head(model, head, stream, num_classes=len(classes), seed=config.seed, class_names=classes)
+
+
 def _write(
-    store, output_uri, weights, parent, classes, config, result, model_uri, lineage, trainable, total, k, manifest
-):
+    store, output_uri, weights, parent, classes, config, result, model_uri, lineage, trainable, total, k, manifest,
+    extra_training=None,
+):  # fmt: skip
     card = ModelCard(
         architecture=parent.architecture,
         class_names=list(classes),
@@ -231,6 +251,7 @@ def _write(
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from,
             "train_seconds": round(result.seconds, 1),
+            **(extra_training or {}),
         },
         history=result.history,
         metrics={"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
