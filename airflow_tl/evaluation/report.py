@@ -36,10 +36,23 @@ def render_plots(history: list[dict[str, Any]], metrics: Metrics) -> dict[str, b
 
 
 def _curves_png(history: list[dict[str, Any]]) -> bytes:
-    """Loss per epoch on the left, accuracy per epoch on the right."""
+    """The training curves as PNG bytes."""
+    return _png(_curves_figure(history))
+
+
+def _curves_figure(history: list[dict[str, Any]]) -> Any:
+    """Loss on the left, accuracy on the right: per epoch, or per L2 penalty for a head fitted on features.
+
+    A head fitted to convergence (``training.head``) has no epochs; its history is the regularisation path,
+    one row per penalty, strongest first. It is drawn left to right as fitted, on a log scale, with the
+    chosen penalty marked.
+    """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    path = any("l2" in row for row in history) and not any("epoch" in row for row in history)
+    x_key = "l2" if path else "epoch"
+    chosen = [row["l2"] for row in history if path and row.get("chosen")]
     fig = Figure(figsize=(7, 3.5), dpi=DPI, layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, keys, ylabel in (
@@ -47,27 +60,34 @@ def _curves_png(history: list[dict[str, Any]]) -> bytes:
         (acc_ax, ("train_accuracy", "val_accuracy"), "accuracy"),
     ):
         for key in keys:
-            epochs, values = _series(history, key)
+            xs, values = _series(history, key, x_key)
             if values:
-                ax.plot(epochs, values, marker="o", label=key.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.plot(xs, values, marker="o", label=key.replace("_", " "))
+        if path:
+            ax.set_xscale("log")
+            ax.invert_xaxis()  # strong to weak, as the path was fitted
+            ax.set_xlabel("L2 penalty")
+            for l2 in chosen:
+                ax.axvline(l2, color="grey", linestyle="--", label="chosen")
+        else:
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
-    return _png(fig)
+    return fig
 
 
-def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """Epochs and values of ``key`` over the rows that have it; a row's position stands in for a missing epoch."""
-    epochs, values = [], []
+def _series(history: list[dict[str, Any]], key: str, x_key: str = "epoch") -> tuple[list[float], list[float]]:
+    """x and values of ``key`` over the rows that have it; a row's position stands in for a missing x."""
+    xs, values = [], []
     for position, row in enumerate(history, start=1):
         value = row.get(key)
         if isinstance(value, int | float):
-            epochs.append(row.get("epoch", position))
+            xs.append(row.get(x_key, position))
             values.append(float(value))
-    return epochs, values
+    return xs, values
 
 
 def _confusion_png(confusion: list[list[int]], class_names: list[str]) -> bytes:

@@ -1,8 +1,10 @@
 """One training job, start to finish: the plain-Python core of FreezeAndTrainOperator.
 
-Two paths share the epoch loop. With a features URI and ``freeze_layers="all"`` only a new linear
-head is trained, on cached features: the backbone is never built or run. Otherwise images are
-streamed from S3 through the network with its first ``freeze_layers`` blocks frozen.
+Two paths. With a features URI and ``freeze_layers="all"`` only a new linear head is fitted, on cached
+features, to convergence (``training.head``: L-BFGS, L2 penalty chosen on the validation split): the
+backbone is never built or run, and the epoch loop's settings (``epochs``, ``learning_rate``, ...) do not
+apply. Otherwise images are streamed from S3 through the network with its first ``freeze_layers`` blocks
+frozen, in the epoch loop.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from airflow_tl.storage.s3 import S3Store
 from airflow_tl.training.checkpoint import CheckpointStore
 from airflow_tl.training.config import TrainConfig
 from airflow_tl.training.engine import FitResult, fit
+from airflow_tl.training.head import HeadFit, fit_linear_head
 from airflow_tl.training.lp_ft import linear_probe_head
-from airflow_tl.training.sources import ImageBatches, TensorBatches
+from airflow_tl.training.sources import ImageBatches
 
 log = logging.getLogger(__name__)
+
+# The TrainConfig fields a head fitted on features uses (and its card records).
+HEAD_CONFIG = ("seed", "freeze_layers", "init")
 
 
 @dataclass
@@ -43,11 +49,14 @@ class TrainResult:
     trainable_params: int
     total_params: int
     skipped_corrupt: int = 0
+    head: HeadFit | None = None  # set when a head was fitted on features, without epochs
 
     def summary(self) -> dict[str, Any]:
+        head = self.head
         return {
             "model_uri": self.model_uri,
-            "epochs_run": len(self.fit.history),
+            # A head fitted on features has no epochs: its one fit over all of them counts as one.
+            "epochs_run": 1 if head else len(self.fit.history),
             "best_epoch": self.fit.best_epoch,
             "val_loss": self.fit.best["val_loss"],
             "val_accuracy": self.fit.best["val_accuracy"],
@@ -58,6 +67,9 @@ class TrainResult:
             "train_seconds": round(self.fit.seconds, 1),
             "freeze_layers": self.card.training["freeze_layers"] if self.card.training else None,
             "skipped_corrupt": self.skipped_corrupt,
+            "method": head.method if head else self.card.training.get("optimizer"),
+            "l2": head.l2 if head else None,
+            "iterations": head.iterations if head else None,
         }
 
 
@@ -85,15 +97,16 @@ def train(
         raise InvalidArgumentError(
             f"Argument reset_head accepts only 'auto', True and False. Provided value: {reset_head!r}."
         )
-    checkpoints = CheckpointStore(store, checkpoint_uri) if checkpoint_uri else None
     if features_uri:
         if config.freeze_layers != "all":
             raise InvalidArgumentError(
                 f"A features_uri trains the head alone, which needs freeze_layers='all'; got {config.freeze_layers!r}."
             )
-        return _train_head_on_features(store, model_uri, features_uri, config, output_uri, checkpoints)
+        # No checkpoints: the fit takes seconds, and a retry refits the same head from the cached features.
+        return _train_head_on_features(store, model_uri, features_uri, config, output_uri)
     if not dataset_uri:
         raise InvalidArgumentError("Give dataset_uri (images) or, with freeze_layers='all', features_uri.")
+    checkpoints = CheckpointStore(store, checkpoint_uri) if checkpoint_uri else None
     dataset = list_dataset(store, dataset_uri, seed=config.seed, layout=layout)
     return _train_on_images(
         store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
@@ -147,14 +160,25 @@ def _train_on_images(
         fingerprint=fingerprint,
     )
     lineage = {"dataset_uri": dataset.uri, "dataset_fingerprint": dataset.fingerprint(), "new_head": new_head}
+    training = {
+        **config.to_dict(),
+        "frozen_blocks": [b.name for b in card.blocks[:k]],
+        "trainable_params": trainable,
+        "total_params": total,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from,
+        "train_seconds": round(result.seconds, 1),
+        **({"linear_probe": probe} if probe else {}),
+    }
     out = _write(
-        store, output_uri, model.state_dict(), card, classes, config, result, model_uri, lineage, trainable, total, k,
-        dataset.manifest().to_bytes(), {"linear_probe": probe} if probe else {},
+        store, output_uri, model.state_dict(), card, classes, training, result, model_uri, lineage,
+        dataset.manifest().to_bytes(),
     )  # fmt: skip
     return TrainResult(output_uri, out, result, trainable, total, len(stream.skipped))
 
 
-def _train_head_on_features(store, model_uri, features_uri, config, output_uri, checkpoints) -> TrainResult:
+def _train_head_on_features(store, model_uri, features_uri, config, output_uri) -> TrainResult:
     card = read_card(store, model_uri)
     index = read_features_index(store, features_uri)
     if index["weights_sha256"] != card.weights_sha256 or index["architecture"] != card.architecture:
@@ -168,44 +192,48 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri, 
         load_split(store, features_uri, index, "val"),
     )
     classes = index["class_names"]
-    torch.manual_seed(config.seed)
-    head = nn.Linear(index["feature_dim"], len(classes))
     log.info(
-        "Training a %d-class linear head on %d cached %d-dim features from %s; the backbone is not loaded",
+        "Fitting a %d-class linear head on %d cached %d-dim features from %s; the backbone is not loaded, and "
+        "epochs, batch_size, learning_rate and patience do not apply",
         len(classes), len(train_split[1]), index["feature_dim"], features_uri,
     )  # fmt: skip
-    source = TensorBatches(train_split, val_split, batch_size=config.batch_size, seed=config.seed)
-    fingerprint = config.fingerprint(model=card.weights_sha256, features=features_uri, classes=classes)
-    # A linear head is far too small to share between threads; OpenMP's hand-offs would dominate each step.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = fit(
-            head, source, config, blocks=[], head=[""], frozen=[], checkpoints=checkpoints, fingerprint=fingerprint
-        )
-    finally:
-        torch.set_num_threads(threads)
+    head = fit_linear_head(train_split, val_split, num_classes=len(classes), seed=config.seed, class_names=classes)
     # The backbone's tensors are copied as they are (sha256-checked on read); only the head's entries change.
     weights, current = load_model_folder(store, model_uri)
     if current.weights_sha256 != card.weights_sha256:
         raise IncompatibleWeightsError(f"{model_uri} changed while training: its weights no longer match its card.")
     (prefix,) = card.head
-    weights |= {f"{prefix}.weight": head.weight.detach(), f"{prefix}.bias": head.bias.detach()}
+    weights |= {f"{prefix}.weight": head.weight, f"{prefix}.bias": head.bias}
     total = _count(build_model(card.architecture, len(classes), device="meta"))[1]
-    trainable = sum(p.numel() for p in head.parameters())
+    trainable = head.weight.numel() + head.bias.numel()
     lineage = {
         "features_uri": features_uri,
         "dataset_uri": index["dataset_uri"],
         "dataset_fingerprint": index["dataset_fingerprint"],
         "new_head": True,
     }
+    training = {
+        # Of the config, only what the fit used; the epoch loop's settings are left out rather than recorded
+        # as if they had shaped the head.
+        **{key: getattr(config, key) for key in HEAD_CONFIG},
+        **head.to_training(),
+        "frozen_blocks": [b.name for b in card.blocks],
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_seconds": round(head.seconds, 1),
+    }
+    result = FitResult(
+        history=head.to_history(),
+        best_epoch=1,
+        resumed_from=None,
+        stopped_early=False,
+        seconds=head.seconds,
+        best={"val_loss": head.val_loss, "val_accuracy": head.val_accuracy},
+    )
     # The features' manifest, checked against their index; it serialises to the very bytes it was read from.
     manifest = read_manifest(store, features_uri, sha256=index["data_manifest_sha256"]).to_bytes()
-    out = _write(
-        store, output_uri, weights, card, classes, config, result, model_uri, lineage, trainable, total,
-        len(card.blocks), manifest,
-    )  # fmt: skip
-    return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])))
+    out = _write(store, output_uri, weights, card, classes, training, result, model_uri, lineage, manifest)
+    return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])), head)
 
 
 def _linear_probe_first(model, card, config, stream, classes, new_head) -> dict | None:
@@ -225,10 +253,7 @@ def _linear_probe_first(model, card, config, stream, classes, new_head) -> dict 
     return linear_probe_head(model, head, stream, num_classes=len(classes), seed=config.seed, class_names=classes)
 
 
-def _write(
-    store, output_uri, weights, parent, classes, config, result, model_uri, lineage, trainable, total, k, manifest,
-    extra_training=None,
-):  # fmt: skip
+def _write(store, output_uri, weights, parent, classes, training, result, model_uri, lineage, manifest):
     card = ModelCard(
         architecture=parent.architecture,
         class_names=list(classes),
@@ -242,17 +267,7 @@ def _write(
             **lineage,
             "data_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         },
-        training={
-            **config.to_dict(),
-            "frozen_blocks": [b.name for b in parent.blocks[:k]],
-            "trainable_params": trainable,
-            "total_params": total,
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from,
-            "train_seconds": round(result.seconds, 1),
-            **(extra_training or {}),
-        },
+        training=training,
         history=result.history,
         metrics={"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
     )

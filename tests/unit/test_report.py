@@ -117,3 +117,25 @@ def test_page_shows_headline_and_per_class_numbers(page: str, metrics: Metrics) 
 def test_page_without_plots_has_no_images(metrics: Metrics) -> None:
     page = render_report(title="t", metrics=metrics, plots={}, facts={}).decode("utf-8")
     assert "<img" not in page
+
+
+def test_a_regularisation_path_is_drawn_against_the_penalty_with_the_choice_marked(metrics: Metrics) -> None:
+    """A head fitted on features has no epochs: its history has one row per L2 penalty, strongest first."""
+    from airflow_tl.evaluation.report import _curves_figure
+
+    path = [
+        {"l2": 1.0, "train_loss": 0.9, "train_accuracy": 0.7, "val_loss": 0.95, "val_accuracy": 0.68},
+        {"l2": 0.1, "train_loss": 0.4, "train_accuracy": 0.9, "val_loss": 0.5, "val_accuracy": 0.85, "chosen": True},
+        {"l2": 0.01, "train_loss": 0.1, "train_accuracy": 1.0, "val_loss": 0.7, "val_accuracy": 0.8},
+    ]
+    figure = _curves_figure(path)
+    for ax in figure.axes:
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == "L2 penalty"
+        assert ax.xaxis_inverted()  # strong to weak, left to right, as fitted
+        curves = [line for line in ax.lines if line.get_label() != "chosen"]
+        assert [list(line.get_xdata()) for line in curves] == [[1.0, 0.1, 0.01]] * 2
+        (marker,) = (line for line in ax.lines if line.get_label() == "chosen")
+        assert list(marker.get_xdata()) == [0.1, 0.1]
+    decode(render_plots(path, metrics)["curves.png"])
+    epochs = _curves_figure(HISTORY)
+    assert all(ax.get_xscale() == "linear" and ax.get_xlabel() == "epoch" for ax in epochs.axes)
