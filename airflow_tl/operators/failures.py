@@ -30,7 +30,7 @@ def record_failure(context: dict[str, Any]) -> None:
         return
     try:
         # Airflow's masker: hides every secret registered in this task (connection passwords, URI credentials).
-        from airflow.sdk.execution_time.secrets_masker import redact
+        from airflow.sdk._shared.secrets_masker import redact
 
         uri = error_uri(work_uri, ti.dag_id, ti.run_id, ti.task_id)
         message = (

@@ -65,7 +65,7 @@ def test_tl_auto_strategy_param_overrides_the_advice(store, bucket, demo, small_
 
 
 def test_a_tournament_with_a_failing_contender_compares_the_others(store, bucket, demo, small_target, run_dag):
-    # freeze_layers only matters to partial_freeze: this ResNet-18 has 6 blocks, so 99 fails it alone, at once.
+    # freeze_layers only matters to partial_freeze: this ResNet-18 has 5 blocks, so 99 fails it alone, at once.
     result = run_dag("tl_tournament", conf(demo, small_target, bucket, freeze_layers=99))
     assert result.state == "success", result.failures
     assert result.task_states["partial_freeze.train"] == "failed" and result.tries["partial_freeze.train"] == 1
@@ -74,7 +74,7 @@ def test_a_tournament_with_a_failing_contender_compares_the_others(store, bucket
     assert set(summary["finished"]) == {"feature_extraction", "full_finetune", "from_scratch"}
     assert list(summary["failed"]) == ["partial_freeze"]
     assert (
-        "partial_freeze.train: InvalidArgumentError: Argument freeze_layers accepts only 0…6"
+        "partial_freeze.train: InvalidArgumentError: Argument freeze_layers accepts only 0…5"
         in (summary["failed"]["partial_freeze"])
     )
 
