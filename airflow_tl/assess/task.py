@@ -222,8 +222,12 @@ def _scores(store, card: ModelCard, model_uri: str, sample: Sample, class_names:
 
 def _source_head(store, card: ModelCard, model_uri: str, dim: int):
     """The source model's own classifier over its own labels, as (weight, bias), or (None, why not)."""
-    if card.lineage.get("init") == "random":
+    # A fetch with init='random' records that and nothing else; a model pretrained from random weights (the
+    # demo's source) says init='random' too, but carries the history of its training.
+    if card.lineage.get("init") == "random" and not card.history:
         return None, f"{model_uri} has random weights (init='random'), so its head predicts nothing yet"
+    if card.lineage.get("new_head"):
+        return None, f"{model_uri}'s head was replaced by a new, untrained one when it was fetched"
     prefixes = head_prefixes(card.architecture)
     if len(prefixes) != 1:
         return None, f"{card.architecture}'s head is {list(prefixes)}, not a single linear layer on the features"
