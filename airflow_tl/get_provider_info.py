@@ -25,6 +25,9 @@ def get_provider_info() -> dict:
                     "airflow_tl.operators.extract",
                     "airflow_tl.operators.train",
                     "airflow_tl.operators.evaluate",
+                    "airflow_tl.operators.assess",
+                    "airflow_tl.operators.choose",
+                    "airflow_tl.operators.tournament",
                 ],
             }
         ],
