@@ -219,18 +219,22 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri) 
         "total_params": total,
         "train_seconds": round(head.seconds, 1),
     }
-    result = FitResult(
-        history=head.to_history(),
-        best_epoch=1,
-        resumed_from=None,
-        stopped_early=False,
-        seconds=head.seconds,
-        best={"val_loss": head.val_loss, "val_accuracy": head.val_accuracy},
-    )
+    result = _as_fit_result(head)
     # The features' manifest, checked against their index; it serialises to the very bytes it was read from.
     manifest = read_manifest(store, features_uri, sha256=index["data_manifest_sha256"]).to_bytes()
     out = _write(store, output_uri, weights, card, classes, training, result, model_uri, lineage, manifest)
     return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])), head)
+
+
+def _as_fit_result(head: HeadFit) -> FitResult:
+    """The head's fit in the epoch loop's terms, for what reads both.
+
+    One fit counts as one epoch, and the history is the regularisation path.
+    """
+    best = {"val_loss": head.val_loss, "val_accuracy": head.val_accuracy}
+    return FitResult(
+        head.to_history(), best_epoch=1, resumed_from=None, stopped_early=False, seconds=head.seconds, best=best
+    )
 
 
 def _write(store, output_uri, weights, parent, classes, training, result, model_uri, lineage, manifest):
