@@ -15,14 +15,16 @@ if TYPE_CHECKING:
 class FreezeAndTrainOperator(TransferLearningBaseOperator):
     """Train a model with its first ``freeze_layers`` blocks frozen, checkpointing to S3 after every epoch.
 
-    - ``freeze_layers="all"`` with ``features_uri``: a new linear head on cached features (feature extraction);
-      the backbone is never loaded.
+    - ``freeze_layers="all"`` with ``features_uri``: a new linear head fitted to convergence on cached features
+      (feature extraction: L-BFGS, L2 penalty chosen on the validation split; no epochs, no checkpoints); the
+      backbone is never loaded. The epoch loop's arguments (``epochs`` … ``label_smoothing``) do not apply.
     - ``freeze_layers=k``: the first k blocks frozen (no gradients, no optimizer state, BatchNorm statistics
       kept), the rest and the head trained on images streamed from S3 (partial freeze; 0 = full fine-tune).
     - ``init="random"``: the same architecture from random weights (from scratch).
 
     A retried task resumes from its last complete checkpoint and says so in the log. The result is a model
-    folder whose card holds the training config and per-epoch history. XCom: the model URI and a summary.
+    folder whose card holds the training config and per-epoch history (for a head on features, the penalties
+    tried). XCom: the model URI and a summary.
 
     :param model_uri: model folder to start from (its architecture, preprocessing and weights). (templated)
     :param dataset_uri: ``s3://`` image dataset; needed unless training on ``features_uri``. (templated)

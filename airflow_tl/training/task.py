@@ -222,14 +222,7 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri) 
         "total_params": total,
         "train_seconds": round(head.seconds, 1),
     }
-    result = FitResult(
-        history=head.to_history(),
-        best_epoch=1,
-        resumed_from=None,
-        stopped_early=False,
-        seconds=head.seconds,
-        best={"val_loss": head.val_loss, "val_accuracy": head.val_accuracy},
-    )
+    result = _as_fit_result(head)
     # The features' manifest, checked against their index; it serialises to the very bytes it was read from.
     manifest = read_manifest(store, features_uri, sha256=index["data_manifest_sha256"]).to_bytes()
     out = _write(store, output_uri, weights, card, classes, training, result, model_uri, lineage, manifest)
@@ -251,6 +244,17 @@ def _linear_probe_first(model, card, config, stream, classes, new_head) -> dict 
         )
     (head,) = card.head
     return linear_probe_head(model, head, stream, num_classes=len(classes), seed=config.seed, class_names=classes)
+
+
+def _as_fit_result(head: HeadFit) -> FitResult:
+    """The head's fit in the epoch loop's terms, for what reads both.
+
+    One fit counts as one epoch, and the history is the regularisation path.
+    """
+    best = {"val_loss": head.val_loss, "val_accuracy": head.val_accuracy}
+    return FitResult(
+        head.to_history(), best_epoch=1, resumed_from=None, stopped_early=False, seconds=head.seconds, best=best
+    )
 
 
 def _write(store, output_uri, weights, parent, classes, training, result, model_uri, lineage, manifest):

@@ -50,10 +50,7 @@ def test_small_data_transfer_beats_training_from_scratch(store, bucket, demo, fe
     dataset = list_dataset(store, few_shot)
     features = extract_features(store, model_uri=demo.source_model, dataset=dataset, features_root=f"s3://{bucket}/f")
     runs = {
-        "feature_extraction": (
-            TrainConfig(epochs=30, batch_size=16, learning_rate=1e-2, freeze_layers="all", patience=None),
-            {"features_uri": features.uri},
-        ),
+        "feature_extraction": (TrainConfig(freeze_layers="all"), {"features_uri": features.uri}),  # no epochs
         # The same budget for both image strategies: 8 epochs at the usual fine-tuning rate.
         "partial_freeze": (
             TrainConfig(epochs=8, batch_size=16, learning_rate=1e-3, freeze_layers=3, patience=None),
@@ -79,6 +76,45 @@ def test_small_data_transfer_beats_training_from_scratch(store, bucket, demo, fe
     assert all(a > 0.4 for a in accuracy.values()), accuracy  # chance is 0.2 with five classes
     assert accuracy["feature_extraction"] > accuracy["from_scratch"] + 0.05, accuracy
     assert accuracy["partial_freeze"] > accuracy["from_scratch"] + 0.05, accuracy
+
+
+def test_a_head_on_features_is_fitted_to_convergence_whatever_the_epochs(store, bucket, demo, few_shot):
+    """The epoch loop's settings do not apply to a head fitted on features: same features, same head."""
+    dataset = list_dataset(store, few_shot)
+    features = extract_features(store, model_uri=demo.source_model, dataset=dataset, features_root=f"s3://{bucket}/f")
+    configs = {
+        "short": TrainConfig(freeze_layers="all", epochs=1, learning_rate=1e-5, patience=1, seed=3),
+        "long": TrainConfig(freeze_layers="all", epochs=50, learning_rate=1e-1, batch_size=4),
+    }
+    results = {
+        name: train(
+            store,
+            model_uri=demo.source_model,
+            config=config,
+            output_uri=f"s3://{bucket}/{name}",
+            checkpoint_uri=f"s3://{bucket}/ck-{name}",
+            features_uri=features.uri,
+        )
+        for name, config in configs.items()
+    }
+    (short, card), (long, _) = (load_model_folder(store, f"s3://{bucket}/{name}") for name in configs)
+    assert short.keys() == long.keys() and all(torch.equal(short[k], long[k]) for k in short)
+    source, _ = load_model_folder(store, demo.source_model)
+    assert all(torch.equal(short[k], source[k]) for k in source if not k.startswith("fc."))
+
+    training = card.training
+    assert training["method"] == "lbfgs" and training["converged"] and training["iterations"] > 0
+    assert training["l2"] in [c["l2"] for c in training["candidates"]] and len(training["candidates"]) >= 2
+    assert training["freeze_layers"] == "all" and training["seed"] == 3 and training["trainable_params"] == 5 * 513
+    assert not {"epochs", "learning_rate", "batch_size", "patience", "optimizer"} & set(training)
+    assert [row["l2"] for row in card.history if row["chosen"]] == [training["l2"]]
+    assert card.metrics["val_accuracy"] > 0.6  # five classes, ten training images each: chance is 0.2
+
+    summary = results["short"].summary()
+    assert summary["epochs_run"] == summary["best_epoch"] == 1 and not summary["stopped_early"]
+    assert summary["method"] == "lbfgs" and summary["l2"] == training["l2"]
+    assert summary["iterations"] == training["iterations"] and summary["val_accuracy"] == card.metrics["val_accuracy"]
+    assert keys_under(store, f"s3://{bucket}/ck-short") == []  # a fit of seconds writes no checkpoints
 
 
 def test_head_training_rejects_features_of_another_model(store, bucket, demo, few_shot):
