@@ -69,7 +69,7 @@ OPTIONS: dict[str, Option] = {
         "logme_gain",
     ),
     "assess_leep_relative_threshold": Option(
-        "0.3",
+        "0.15",
         "float",
         "leep_relative (the share of the target labels' entropy that LEEP's predictor explains: 0 when the source "
         "model's own predictions say nothing about the target labels, 1 when they say everything) at or above which "
@@ -77,14 +77,14 @@ OPTIONS: dict[str, Option] = {
         "0.4",
     ),
     "assess_logme_gain_threshold": Option(
-        "0.0",
+        "0.3",
         "float",
         "logme_gain (LogME of the frozen features minus LogME of a constant feature: the per-image log Bayes factor "
         "of the features against the class frequencies alone) at or above which the target data counts as similar.",
         "0.5",
     ),
     "assess_probe_skill_threshold": Option(
-        "0.8",
+        "0.65",
         "float",
         "probe_skill (linear-probe accuracy on held-out images, 0 at chance, 1 perfect) at or above which the "
         "target data counts as similar.",
