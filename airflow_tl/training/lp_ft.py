@@ -42,7 +42,8 @@ def linear_probe_head(
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     model.eval()
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the probe's fit runs autograd on these features.
+        with torch.no_grad():
             for split in ("train", "val"):
                 labels = []
                 for batch in stream.batches(split):
