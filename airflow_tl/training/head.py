@@ -125,7 +125,8 @@ def fit_linear_head(
     :param num_classes: number of classes C; labels lie in ``0 … C-1``.
     :param seed: the run's seed, accepted like every other fit's; this one draws no random numbers, so the
         result does not depend on it.
-    :param l2_grid: penalties to choose from (default ``DEFAULT_L2_GRID``), each > 0.
+    :param l2_grid: penalties to choose from (default ``DEFAULT_L2_GRID``), each > 0; without validation rows a
+        single one is used as given, and several give way to ``default_l2``.
     :param max_iter: most L-BFGS iterations per penalty.
     :param tolerance: relative distance from the optimum at which a fit counts as converged (see ``_residual``).
     :param class_names: names of the classes, for error messages.
