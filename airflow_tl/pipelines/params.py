@@ -21,6 +21,14 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "work_uri": f"{DEMO_BUCKET}/work",
     "model_name": "digits-5-9",
 }
+# What the Params of the epoch loop mean to feature extraction, whose head is fitted by L-BFGS.
+HEAD_IGNORES = {
+    "epochs": "not used: the head is fitted to convergence (L-BFGS)",
+    "learning_rate": "not used: L-BFGS needs no learning rate",
+    "patience": "not used: the head's L2 penalty is chosen on the validation split instead of stopping early",
+    "batch_size": "images per forward pass of feature extraction and evaluation; the head is fitted full-batch",
+    "seed": "seed of the split; the head's fit is deterministic",
+}
 # Defaults of the Params that neither the demo nor a strategy sets.
 GENERAL_DEFAULTS: dict[str, Any] = {
     "image_size": None,
@@ -112,6 +120,10 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
         ),
         "seed": Param(d["seed"], type="integer", description="seed of the split, initialisation and shuffling"),
     }
+    if strategy.uses_features:
+        # Kept so that one conf serves every strategy DAG; the head is fitted to convergence (training/head.py).
+        for name, why in HEAD_IGNORES.items():
+            params[name].description = why
     if strategy.freeze_layers is None:
         params["freeze_layers"] = Param(
             d["freeze_layers"],
@@ -184,7 +196,10 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
     # partial_freeze's Params hold every image strategy's but lp_ft, which full_finetune adds.
     params = strategy_params(STRATEGIES["partial_freeze"], {**STRATEGIES["partial_freeze"].defaults, **base})
     for name in PER_STRATEGY:
-        values = ", ".join(f"{s.name} {s.defaults.get(name)}" for s in STRATEGIES.values())
+        values = ", ".join(
+            f"{s.name} {'not used' if s.uses_features and name != 'batch_size' else s.defaults.get(name)}"
+            for s in STRATEGIES.values()
+        )
         schema = {k: v for k, v in params[name].schema.items() if k != "type"}
         params[name] = Param(
             d[name],

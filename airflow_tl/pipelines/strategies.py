@@ -39,7 +39,7 @@ STRATEGIES: dict[str, Strategy] = {
             why=(
                 "With few labelled images, training more than a head overfits; when the new images resemble the "
                 "pretraining data, the pretrained features already separate the classes. The backbone runs once "
-                "per image (cached in S3), so every epoch after that costs almost nothing."
+                "per image (cached in S3), and the head is fitted on the cached features to convergence in seconds."
             ),
             freeze_layers="all",
             init="pretrained",
