@@ -75,11 +75,7 @@ def evaluate_and_register(
     """``context`` (dag_id, run_id, strategy, ...) is recorded in the version, the pointer and the history."""
     context = dict(context or {})
     registry = Registry(store, registry_uri, model_name)
-    card = read_card(store, model_uri)
-    trained_on = read_manifest(store, model_uri, sha256=card.lineage.get("data_manifest_sha256"))
-    dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout, for_training=False)
-    if trained_on is not None and trained_on.dataset_uri == dataset.uri:
-        check_unchanged(dataset, trained_on, since=f"the training of {model_uri}")
+    card, dataset = _test_listing(store, model_uri, dataset_uri, seed, layout)
     started = time.monotonic()
     predictions = predict(store, model_uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
     metrics = compute_metrics(predictions.probs, predictions.labels, predictions.class_names)
@@ -133,17 +129,7 @@ def evaluate_and_register(
         plots=plots,
         is_champion=before is not None and before.version == version,
     )
-    decision = None
-    if promote:
-        decision = promote_if_better(
-            registry,
-            version=version,
-            score=metrics.summary()[gate.metric],
-            images=metrics.n,
-            gate=gate,
-            compare=compare,
-            context={**context, "metrics": metrics.summary()},
-        )
+    decision = _promote(registry, version, metrics, gate, compare, context) if promote else None
     return EvaluationResult(
         version, registry.version_uri(version), metrics, decision, written, len(predictions.skipped_corrupt),
         dataset.fingerprint(),
@@ -171,14 +157,25 @@ def gate_registered(
     """
     registry = Registry(store, registry_uri, model_name)
     uri = registry.version_uri(version)
-    card = read_card(store, uri)
-    trained_on = read_manifest(store, uri, sha256=card.lineage.get("data_manifest_sha256"))
-    dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout, for_training=False)
-    if trained_on is not None and trained_on.dataset_uri == dataset.uri:
-        check_unchanged(dataset, trained_on, since=f"the training of {uri}")
+    _, dataset = _test_listing(store, uri, dataset_uri, seed, layout)
     predictions = predict(store, uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=True)
     metrics = compute_metrics(predictions.probs, predictions.labels, predictions.class_names)
     compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads)
+    return _promote(registry, version, metrics, gate, compare, context or {})
+
+
+def _test_listing(store: S3Store, model_uri: str, dataset_uri: str, seed: int, layout: str):
+    """The model's card and the dataset's listing, checked to be the one the model was trained on."""
+    card = read_card(store, model_uri)
+    trained_on = read_manifest(store, model_uri, sha256=card.lineage.get("data_manifest_sha256"))
+    dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout, for_training=False)
+    if trained_on is not None and trained_on.dataset_uri == dataset.uri:
+        check_unchanged(dataset, trained_on, since=f"the training of {model_uri}")
+    return card, dataset
+
+
+def _promote(registry, version, metrics, gate, compare, context) -> Decision:
+    """The gate on the candidate's whole test split (``metrics``), with ``compare`` against the champion."""
     return promote_if_better(
         registry,
         version=version,
@@ -186,7 +183,7 @@ def gate_registered(
         images=metrics.n,
         gate=gate,
         compare=compare,
-        context={**(context or {}), "metrics": metrics.summary()},
+        context={**context, "metrics": metrics.summary()},
     )
 
 

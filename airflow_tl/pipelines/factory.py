@@ -34,6 +34,13 @@ TIMEOUTS = {
     "train": timedelta(hours=12),
     "evaluate": timedelta(hours=2),
 }
+# What every airflow-tl DAG shares: no catch-up, one run at a time, Params rendered with their types.
+DAG_SETTINGS: dict[str, Any] = {
+    "start_date": datetime(2026, 1, 1),
+    "catchup": False,
+    "max_active_runs": 1,
+    "render_template_as_native_obj": True,
+}
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
 _NO_SCHEDULE = {"", "none", "null"}
 
@@ -81,15 +88,12 @@ def build_dag(
     dag = DAG(
         dag_id=dag_id,
         description=f"{spec.title}: trains {spec.trains}",
-        schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
         tags=["airflow-tl", "transfer-learning", spec.name],
         params=strategy_params(spec, defaults),
-        render_template_as_native_obj=True,
         default_args={**DEFAULT_ARGS, **(default_args or {})},
         doc_md=doc_md(spec, dag_id),
+        schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
+        **DAG_SETTINGS,
         **dag_kwargs,
     )
     with dag:

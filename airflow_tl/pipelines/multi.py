@@ -8,7 +8,7 @@ batch size, learning rate) fall back to each strategy's own when their Param is 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Asset, TaskGroup, task
@@ -17,6 +17,7 @@ from airflow_tl.operators import AssessTransferOperator, ChooseStrategyOperator
 from airflow_tl.operators.failures import record_failure
 from airflow_tl.operators.tournament import TournamentOperator
 from airflow_tl.pipelines.factory import (
+    DAG_SETTINGS,
     DEFAULT_ARGS,
     SETTINGS,
     TIMEOUTS,
@@ -131,15 +132,12 @@ def _dag(dag_id: str, kind: str, kwargs: dict[str, Any]) -> tuple[DAG, dict[str,
     dag = DAG(
         dag_id=dag_id,
         description=f"Transfer learning: {what}",
-        schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
         tags=["airflow-tl", "transfer-learning", kind],
         params=multi_strategy_params(kind, defaults),
-        render_template_as_native_obj=True,
         default_args=default_args,
         doc_md=_doc_md(kind),
+        schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
+        **DAG_SETTINGS,
         **kwargs,
     )
     return dag, timeouts, model_asset(registry_uri, model_name)
