@@ -284,10 +284,18 @@ class S3Store:
         try:
             found = self.client.list_multipart_uploads(Bucket=loc.bucket, Prefix=loc.key).get("Uploads", [])
             for upload in (u for u in found if u["Key"] == loc.key):
-                self.client.abort_multipart_upload(Bucket=loc.bucket, Key=loc.key, UploadId=upload["UploadId"])
-                log.info("Aborted a multipart upload of %s left open by a lost answer or an earlier try", loc)
+                self._abort(loc, upload["UploadId"])
         except (ClientError, BotoCoreError, *_BROKEN_BODY) as err:
             log.warning("Could not check %s for multipart uploads left open: %s", loc, err)
+
+    def _abort(self, loc: S3URI, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=loc.bucket, Key=loc.key, UploadId=upload_id)
+        except ClientError as err:
+            # An abort whose answer was lost is retried by botocore, and the retry finds the upload gone.
+            if err.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+        log.info("Aborted a multipart upload of %s left open by a lost answer or an earlier try", loc)
 
     def upload_written(self, uri: str | S3URI, write: Callable[[str], None]) -> str:
         """Let ``write`` create a temporary local file, upload it as ``upload_file`` does, and return its sha256.

@@ -221,3 +221,16 @@ def test_multipart_uploads_left_open_by_a_lost_answer_are_aborted(store, bucket,
     assert store.client.head_object(Bucket=bucket, Key="big.bin")["ETag"].endswith('-3"')
     assert store.get_bytes(f"s3://{bucket}/copy/big.bin") == path.read_bytes()
     assert not store.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_an_abort_whose_answer_was_lost_does_not_stop_the_other_aborts(store, bucket, proxy, faulty):
+    """botocore retries the abort, S3 answers NoSuchUpload (the first one landed), and the next upload is aborted."""
+    from airflow_tl.uris import parse_s3_uri
+    from tests.faultproxy import Fault
+
+    for _ in range(3):  # uploads left open by lost answers or killed tries
+        store.client.create_multipart_upload(Bucket=bucket, Key="ckpt.safetensors")
+    with proxy.scenario(Fault("lost", methods=("DELETE",), path=r"uploadId=", limit=1)):
+        faulty()._abort_orphaned_uploads(parse_s3_uri(f"s3://{bucket}/ckpt.safetensors"))
+    assert proxy.injected["lost"] == 1
+    assert not store.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
