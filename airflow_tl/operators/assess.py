@@ -80,11 +80,8 @@ class AssessTransferOperator(TransferLearningBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.assess.task import ADVICE_FILE, assess
-        from airflow_tl.exceptions import InvalidArgumentError
 
-        root = self.features_root or (f"{self.work_uri.rstrip('/')}/features" if self.work_uri else None)
-        if not root:
-            raise InvalidArgumentError(f"Task {self.task_id}: give features_root or work_uri (an s3:// prefix).")
+        root = self.features_folder(self.features_root)
         output = self.run_prefix(context, self.output_uri)
         advice = assess(
             self.store,

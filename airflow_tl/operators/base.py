@@ -78,6 +78,16 @@ class TransferLearningBaseOperator(BaseOperator):
         for name in self.uri_fields:
             check_allowed(name, getattr(self, name) or None, prefixes)
 
+    def features_folder(self, explicit: str | None) -> str:
+        """``explicit`` when given, else the feature cache shared by every run: ``<work_uri>/features``."""
+        from airflow_tl.exceptions import InvalidArgumentError
+
+        if explicit:
+            return explicit
+        if not self.work_uri:
+            raise InvalidArgumentError(f"Task {self.task_id}: give features_root or work_uri (an s3:// prefix).")
+        return f"{self.work_uri.rstrip('/')}/features"
+
     def run_prefix(self, context: Context, explicit: str | None = None, *, what: str = "output_uri") -> str:
         """``explicit`` when given, else this task's run-scoped folder under ``work_uri``."""
         from airflow_tl.exceptions import InvalidArgumentError

@@ -71,12 +71,9 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.data.dataset import list_dataset
-        from airflow_tl.exceptions import InvalidArgumentError
         from airflow_tl.features.extract import extract_features
 
-        root = self.features_root or (f"{self.work_uri.rstrip('/')}/features" if self.work_uri else None)
-        if not root:
-            raise InvalidArgumentError(f"Task {self.task_id}: give features_root or work_uri (an s3:// prefix).")
+        root = self.features_folder(self.features_root)
         dataset = list_dataset(self.store, self.dataset_uri, seed=self.split_seed, layout=self.layout)
         result = extract_features(
             self.store,

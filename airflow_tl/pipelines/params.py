@@ -174,13 +174,7 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             "reason is recorded), 'promote' the candidate, or 'fail' the run",
         ),
     }
-    unknown = sorted(set(defaults or {}) - set(params))
-    if unknown:
-        raise InvalidArgumentError(
-            f"Argument param_defaults has unknown Params for {strategy.name}: {', '.join(unknown)}. "
-            f"Known: {', '.join(params)}."
-        )
-    return params
+    return _known(params, defaults, strategy.name)
 
 
 # Params whose default differs by strategy: in a DAG that runs several strategies, null means each one's own.
@@ -234,10 +228,14 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
             uniqueItems=True,
             description=f"strategies that compete, side by side: any of {', '.join(names)}",
         )
+    return _known(params, defaults, f"tl_{kind}")
+
+
+def _known(params: dict[str, Param], defaults: dict[str, Any] | None, dag: str) -> dict[str, Param]:
+    """``params``, or an error naming every default in ``defaults`` that is not one of them."""
     unknown = sorted(set(defaults or {}) - set(params))
     if unknown:
         raise InvalidArgumentError(
-            f"Argument param_defaults has unknown Params for tl_{kind}: {', '.join(unknown)}. "
-            f"Known: {', '.join(params)}."
+            f"Argument param_defaults has unknown Params for {dag}: {', '.join(unknown)}. Known: {', '.join(params)}."
         )
     return params
