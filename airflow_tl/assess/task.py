@@ -7,6 +7,7 @@ place the dataset in the 2x2 matrix. ``advice.json`` records every number the ad
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -66,11 +67,13 @@ def assess(
     dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout)
     train_counts = _train_counts(dataset)
     card = read_card(store, model_uri)
+    # Read at most once, and only when needed: by a forward pass on a cache miss, and by LEEP for the head.
+    folder = functools.cache(lambda: load_model_folder(store, model_uri))
     sample = _sample_features(
-        store, card, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size, threads,
-        skip_corrupt,
+        store, card, folder, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size,
+        threads, skip_corrupt,
     )  # fmt: skip
-    scores, notes = _scores(store, card, model_uri, sample, dataset.class_names, seed)
+    scores, notes = _scores(card, folder, model_uri, sample, dataset.class_names, seed)
     size = size_axis(train_counts, thresholds)
     similarity = similarity_axis(scores, thresholds, notes)
     quadrant, strategy, reason = advise(size, similarity, thresholds)
@@ -147,8 +150,9 @@ def _rank(seed: int, key: str) -> str:
 
 
 def _sample_features(
-    store, card, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size, threads, skip_corrupt
-) -> Sample:
+    store, card, folder, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size, threads,
+    skip_corrupt,
+) -> Sample:  # fmt: skip
     root = parse_s3_uri(features_root, what="features_root")
     full = str(root.join(cache_key(card, dataset, skip_corrupt=skip_corrupt)))
     index = read_cached_index(store, full)
@@ -164,7 +168,7 @@ def _sample_features(
     )  # fmt: skip
     result = extract_features(
         store, model_uri=model_uri, dataset=dataset.only(keys), features_root=features_root,
-        batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt,
+        batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt, model_folder=folder(),
     )  # fmt: skip
     index = read_cached_index(store, result.uri)
     x, y = load_split(store, result.uri, index, "train")
@@ -184,7 +188,7 @@ def _sample_rows(labels: torch.Tensor, max_images: int, seed: int) -> torch.Tens
     return torch.cat(rows).sort().values[:max_images]
 
 
-def _scores(store, card: ModelCard, model_uri: str, sample: Sample, class_names: list[str], seed: int):
+def _scores(card: ModelCard, folder, model_uri: str, sample: Sample, class_names: list[str], seed: int):
     """Every similarity score that can be measured, and notes on those that could not."""
     x, y = sample.features.double(), sample.labels
     counts = torch.bincount(y, minlength=len(class_names)).tolist()
@@ -202,7 +206,7 @@ def _scores(store, card: ModelCard, model_uri: str, sample: Sample, class_names:
     scores["probe_accuracy"] = probe_accuracy(sample.features, y, num_classes, seed=seed)
     scores["probe_skill"] = skill(scores["probe_accuracy"], num_classes)
     notes = []
-    source_head, why_not = _source_head(store, card, model_uri, x.shape[1])
+    source_head, why_not = _source_head(card, folder, model_uri, x.shape[1])
     if source_head is None:
         scores["leep"] = scores["leep_relative"] = None
         notes.append(f"LEEP skipped: {why_not}")
@@ -220,7 +224,7 @@ def _scores(store, card: ModelCard, model_uri: str, sample: Sample, class_names:
     return scores, notes
 
 
-def _source_head(store, card: ModelCard, model_uri: str, dim: int):
+def _source_head(card: ModelCard, folder, model_uri: str, dim: int):
     """The source model's own classifier over its own labels, as (weight, bias), or (None, why not)."""
     # A fetch with init='random' records that and nothing else; a model pretrained from random weights (the
     # demo's source) says init='random' too, but carries the history of its training.
@@ -231,7 +235,7 @@ def _source_head(store, card: ModelCard, model_uri: str, dim: int):
     prefixes = head_prefixes(card.architecture)
     if len(prefixes) != 1:
         return None, f"{card.architecture}'s head is {list(prefixes)}, not a single linear layer on the features"
-    weights, _ = load_model_folder(store, model_uri)
+    weights, _ = folder()
     weight, bias = weights.get(f"{prefixes[0]}.weight"), weights.get(f"{prefixes[0]}.bias")
     if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] != dim:
         return None, f"{model_uri}'s head {prefixes[0]} is not a linear layer over the {dim} features"

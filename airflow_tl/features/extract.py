@@ -80,9 +80,14 @@ def extract_features(
     threads: int = 8,
     skip_corrupt: bool = False,
     shard_rows: int = 8192,
+    model_folder: tuple[dict[str, torch.Tensor], ModelCard] | None = None,
 ) -> FeatureResult:
-    """Features of every image under ``<features_root>/<cache key>/``, computed only when not cached."""
-    card = read_card(store, model_uri)
+    """Features of every image under ``<features_root>/<cache key>/``, computed only when not cached.
+
+    ``model_folder`` is ``load_model_folder(store, model_uri)`` when the caller has already read it (the
+    assessment needs the source's head too): a large model's weights are then read from S3 once, not twice.
+    """
+    card = model_folder[1] if model_folder is not None else read_card(store, model_uri)
     folder = parse_s3_uri(features_root, what="features_root").join(cache_key(card, dataset, skip_corrupt=skip_corrupt))
     cached = _read_index(store, str(folder))
     if cached is not None:
@@ -91,7 +96,7 @@ def extract_features(
             str(folder), True, cached["counts"], cached["feature_dim"], 0, None, cached["skipped_corrupt"]
         )
 
-    state_dict, card = load_model_folder(store, model_uri)
+    state_dict, card = model_folder if model_folder is not None else load_model_folder(store, model_uri)
     model, dim = as_feature_extractor(instantiate(card, state_dict, source=model_uri), card.architecture)
     stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
     log.info(

@@ -71,3 +71,17 @@ def test_features_come_from_the_cache_when_they_are_there(store, bucket, demo, s
     full = assess(store, model_uri=demo.source_model, dataset_uri=small_target, features_root=root, max_images=60)
     assert full.sample["features"] == "full dataset cache" and full.sample["forward_passes"] == 0
     assert full.sample["images"] == 60
+
+
+def test_the_source_weights_are_read_once_for_the_forward_pass_and_leep(store, bucket, demo, small_target, monkeypatch):
+    reads = []
+    real = type(store).downloaded
+
+    def counting(self, uri, *args, **kwargs):
+        reads.append(str(uri))
+        return real(self, uri, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "downloaded", counting)
+    advice = assess(store, model_uri=demo.source_model, dataset_uri=small_target, features_root=f"s3://{bucket}/once")
+    assert advice.sample["features"] == "computed" and advice.similarity.scores["leep"] is not None
+    assert [uri for uri in reads if uri.startswith(demo.source_model)] == [f"{demo.source_model}/model.safetensors"]
