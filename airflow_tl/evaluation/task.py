@@ -18,7 +18,9 @@ from airflow_tl.evaluation.compare import compare_with_champion
 from airflow_tl.evaluation.metrics import Metrics, compute_metrics
 from airflow_tl.evaluation.predict import predict
 from airflow_tl.evaluation.report import render_plots, render_report
+from airflow_tl.exceptions import InvalidArgumentError
 from airflow_tl.models.folder import read_card
+from airflow_tl.registry.naming import allocate_version
 from airflow_tl.registry.promotion import Comparison, Decision, Gate, promote_if_better
 from airflow_tl.registry.store import REPORT_FILE, Champion, Registry
 from airflow_tl.storage.s3 import S3Store
@@ -62,7 +64,7 @@ def evaluate_and_register(
     dataset_uri: str,
     registry_uri: str,
     model_name: str,
-    version: str,
+    version: str | None,
     gate: Gate,
     promote: bool = True,
     seed: int = 0,
@@ -71,9 +73,19 @@ def evaluate_and_register(
     threads: int = 8,
     skip_corrupt: bool = False,
     context: dict[str, Any] | None = None,
+    candidate: str | None = None,
 ) -> EvaluationResult:
-    """``context`` (dag_id, run_id, strategy, ...) is recorded in the version, the pointer and the history."""
+    """``context`` (dag_id, run_id, strategy, ...) is recorded in the version, the pointer and the history.
+
+    ``version=None`` takes the run's short name (``registry.naming``), by ``context``'s dag_id and run_id and
+    ``candidate``: only once the model has been scored, so an evaluation that fails claims no name.
+    """
     context = dict(context or {})
+    if version is None and not (context.get("dag_id") and context.get("run_id")):
+        raise InvalidArgumentError(
+            "Argument version is needed outside a DAG run: a version is named after the run's dag_id and run_id, and "
+            f"the context has neither. Provided context: {context!r}."
+        )
     registry = Registry(store, registry_uri, model_name)
     card, dataset = _test_listing(store, model_uri, dataset_uri, seed, layout)
     started = time.monotonic()
@@ -85,6 +97,8 @@ def evaluate_and_register(
         ", ".join(f"{k} {v}" for k, v in metrics.summary().items()),
         time.monotonic() - started,
     )
+    if version is None:
+        version = allocate_version(registry, dag_id=context["dag_id"], run_id=context["run_id"], candidate=candidate)
 
     compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads)
     state = registry.champion()

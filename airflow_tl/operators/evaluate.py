@@ -17,8 +17,9 @@ class EvaluateOperator(TransferLearningBaseOperator):
 
     Writes ``<registry_uri>/<model_name>/versions/<version>/``: the model folder, ``metrics.json`` (accuracy,
     macro-F1, per-class precision and recall, confusion matrix, log loss, calibration error), and a
-    self-contained ``report.html`` with its plots. The version id derives from the DAG id and run id, so a retry
-    rewrites the same version. The champion is scored on the same test split; ``champion.json`` is replaced in
+    self-contained ``report.html`` with its plots. The version gets the next short name (``v1``, ``v2``, ...) of
+    the model, allocated atomically; the DAG run that made it is recorded with it, and a retry of the run keeps
+    its version. The champion is scored on the same test split; ``champion.json`` is replaced in
     one conditional PUT only when the gate passes, and every decision is appended to the history.
     XCom: the version, its metrics summary, and whether it was promoted and why.
 
@@ -38,9 +39,10 @@ class EvaluateOperator(TransferLearningBaseOperator):
     :param batch_size: images per forward pass. (templated)
     :param skip_corrupt: leave out test images that cannot be decoded instead of failing. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
-    :param version: registry version id; default derived from the DAG id and run id. (templated)
-    :param version_suffix: appended to the derived version id, so several candidates of one run (a tournament's
-        contenders) get versions of their own. (templated)
+    :param version: a version name of your own instead of the next ``v<n>`` (which stays reserved for
+        allocated names); a retry rewrites it. (templated)
+    :param version_suffix: names this candidate, so several candidates of one run (a tournament's contenders)
+        get versions of their own; appended to ``version`` when that is given. (templated)
     :param context_extra: small JSON-able facts recorded with the version and promotion (e.g. strategy). (templated)
     """
 
@@ -114,19 +116,21 @@ class EvaluateOperator(TransferLearningBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.evaluation.task import evaluate_and_register
+        from airflow_tl.registry.naming import check_own_name
         from airflow_tl.registry.promotion import Gate
-        from airflow_tl.registry.store import version_id
         from airflow_tl.uris import slug
 
         ti = context["ti"]
         gate = Gate(self.gate_metric, self.min_improvement, self.min_score, self.min_test_images, self.on_class_change)
-        version = self.version or version_id(ti.dag_id, ti.run_id)
-        if self.version_suffix:
-            version = f"{version}--{slug(self.version_suffix)}"
+        version = None  # the run's v<n>, taken once the model is scored
+        if self.version:
+            version = f"{self.version}--{slug(self.version_suffix)}" if self.version_suffix else self.version
+            check_own_name(version)
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
         self.log.info(
-            "Evaluating %s as %s version %s in %s", self.model_uri, self.model_name, version, self.registry_uri
-        )
+            "Evaluating %s as %s version %s in %s",
+            self.model_uri, self.model_name, version or "(the next v<n>)", self.registry_uri,
+        )  # fmt: skip
         result = evaluate_and_register(
             self.store,
             model_uri=self.model_uri,
@@ -142,6 +146,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
             threads=self.threads,
             skip_corrupt=self.skip_corrupt,
             context={**run, **(self.context_extra or {})},
+            candidate=self.version_suffix,
         )
         summary = result.summary()
         self.log.info(

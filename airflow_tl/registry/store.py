@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -23,7 +22,7 @@ from airflow_tl.data.manifest import MANIFEST_FILE
 from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError, PermanentError
 from airflow_tl.models.folder import CARD_FILE, WEIGHTS_FILE, read_card
 from airflow_tl.storage.s3 import S3Store
-from airflow_tl.uris import S3URI, parse_s3_uri, slug
+from airflow_tl.uris import S3URI, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 FORMAT_VERSION = 1
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHORT_NAME = re.compile(r"^v([1-9][0-9]{0,8})$")
 
 
 class RegistryError(AirflowTLError):
@@ -42,13 +42,15 @@ class ImmutableVersionError(RegistryError, PermanentError):
     """A version that may be serving would have to be rewritten with other weights."""
 
 
-def version_id(dag_id: str, run_id: str) -> str:
-    """A version id that is the same for every try of one DAG run and differs between runs.
+def version_number(version: str) -> int | None:
+    """``7`` for ``"v7"`` (``registry.naming`` allocates those); None for another name (an older id, a user's own)."""
+    match = _SHORT_NAME.match(version)
+    return int(match.group(1)) if match else None
 
-    Readable (dag and run, made safe for a key) and unique (a hash of both, since slugging can merge ids).
-    """
-    digest = hashlib.sha256(f"{dag_id}\n{run_id}".encode()).hexdigest()[:10]
-    return f"{slug(dag_id)[:60]}--{slug(run_id)[:80]}--{digest}"
+
+def sort_versions(versions: list[str]) -> list[str]:
+    """Oldest first: names of other forms (ids from before short names, a user's own) by name, then v1, v2, ..."""
+    return sorted(versions, key=lambda v: (0, 0, v) if version_number(v) is None else (1, version_number(v), ""))
 
 
 @dataclass(frozen=True)
@@ -152,14 +154,14 @@ class Registry:
         return True
 
     def versions(self) -> list[str]:
-        """Complete versions, sorted by id (ids begin with the DAG id, not a time)."""
+        """Complete versions, oldest first (``sort_versions``)."""
         prefix = self.root.join("versions").folder_key
         found = []
         for obj in self.store.list(self.root.join("versions")):
             parts = obj.key[len(prefix) :].split("/")
             if len(parts) == 2 and parts[1] == METRICS_FILE:
                 found.append(parts[0])
-        return found
+        return sort_versions(found)
 
     # --- champion -------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from airflow_tl.registry.store import Registry, version_id
+from airflow_tl.registry.naming import allocation
+from airflow_tl.registry.store import Registry
 
 STRATEGIES = ["feature_extraction", "partial_freeze", "full_finetune", "from_scratch"]
 PARTIAL_FREEZE_TASKS = ["partial_freeze.train", "partial_freeze.evaluate"]
@@ -45,7 +46,7 @@ def test_tl_auto_runs_the_advised_strategy_and_its_report_shows_the_advice(store
     assert written["sample"]["images"] == 100 and written["sample"]["forward_passes"] > 0
 
     summary = result.xcoms[f"{chosen}.evaluate"]
-    assert summary["promoted"] and summary["version"] == version_id("tl_auto", result.run_id)
+    assert summary["promoted"] and summary["version"] == "v1"
     metrics = Registry(store, f"s3://{bucket}/registry", "digits").read_metrics(summary["version"])
     assert metrics["context"]["advised_strategy"] == chosen and metrics["context"]["advice"] == advice["reason"]
     report = store.get_bytes(summary["report_uri"]).decode()
@@ -84,10 +85,13 @@ def test_a_tournament_with_a_failing_contender_compares_the_others(store, bucket
     scores = {}
     for strategy in summary["finished"]:
         evaluated = result.xcoms[f"{strategy}.evaluate"]
-        assert evaluated["version"] == f"{version_id('tl_tournament', result.run_id)}--{strategy}"
+        assert allocation(registry, evaluated["version"]) == {
+            "version": evaluated["version"], "dag_id": "tl_tournament", "run_id": result.run_id, "candidate": strategy,
+        }  # fmt: skip
         assert not evaluated["promoted"] and evaluated["reason"] == "promotion disabled (promote=False)"
         scores[strategy] = registry.read_metrics(evaluated["version"])["summary"]
     assert len({s["n"] for s in scores.values()}) == 1
+    assert registry.versions() == ["v1", "v2", "v3"]  # one short name per finished contender
     assert summary["winner"] == max(scores, key=lambda s: scores[s]["accuracy"])
     assert summary["score"] == scores[summary["winner"]]["accuracy"]
 

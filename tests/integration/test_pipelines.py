@@ -11,8 +11,9 @@ import pytest
 
 from airflow_tl.evaluation.task import evaluate_and_register
 from airflow_tl.models.folder import load_model_folder
+from airflow_tl.registry.naming import allocation
 from airflow_tl.registry.promotion import Gate
-from airflow_tl.registry.store import Registry, version_id
+from airflow_tl.registry.store import Registry
 from tests.helpers import copy_dataset, keys_under
 
 STRATEGIES = ["feature_extraction", "partial_freeze", "full_finetune", "from_scratch"]
@@ -39,10 +40,12 @@ def test_each_strategy_dag_lands_a_complete_version(store, bucket, demo, small_t
     result = run_dag(dag_id, conf(demo, small_target, bucket, strategy))
     assert result.state == "success", result.failures
     summary = result.xcoms["evaluate"]
-    version = version_id(dag_id, result.run_id)
+    version = "v1"  # the first version of a fresh registry; the run that made it is its metadata
     registry = Registry(store, f"s3://{bucket}/registry", "digits")
     assert summary["version"] == version and summary["model_uri"] == registry.version_uri(version)
     assert registry.versions() == [version]
+    assert allocation(registry, version) == {"version": version, "dag_id": dag_id, "run_id": result.run_id,
+                                             "candidate": None}  # fmt: skip
 
     _, card = load_model_folder(store, summary["model_uri"])  # a complete model folder, sha256-checked
     assert card.class_names == list("56789") and card.training["init"] == (
@@ -101,7 +104,8 @@ def test_the_gate_keeps_a_better_champion_and_promotes_a_better_run(store, bucke
     history = registry.history()
     assert [(e["version"], e["promoted"]) for e in history] == [(r["version"], r["promoted"]) for r in results]
     assert history[2]["champion_before"] == results[0]["version"] and "beats champion" in history[2]["reason"]
-    assert len(registry.versions()) == 3  # the worse run is registered too, just not promoted
+    # The worse run is registered too, just not promoted; each run got the next name.
+    assert registry.versions() == [r["version"] for r in results] == ["v1", "v2", "v3"]
 
 
 def test_the_pipeline_as_a_task_group_in_a_users_dag(store, bucket, demo, small_target, run_dag):
