@@ -54,6 +54,12 @@ OPTIONS: dict[str, Option] = {
         "default Params.",
         "s3://ml-registry/models",
     ),
+    "dashboard_aws_conn_id": Option(
+        "aws_default",
+        "string",
+        "The Airflow connection the ops dashboard reads and writes the registries with, on the API server.",
+        "aws_registry",
+    ),
     # The advisor's matrix (assess/advice.py). Defaults measured by bench/bench_matrix.py: docs/choosing.md.
     "assess_large_images_per_class": Option(
         "50",

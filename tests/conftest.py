@@ -240,3 +240,15 @@ def small_target(demo, local_s3):
     from tests.helpers import target_subset
 
     return target_subset(demo, "digits-5-9-small", per_class_train=20)
+
+
+@pytest.fixture(scope="session")
+def dashboard_server(airflow_db, local_s3):
+    """An Airflow API server with the dashboard plugin, showing the registry ``s3://tl-dashboard/registry``."""
+    from airflow_tl.hooks.s3 import s3_store
+    from tests.airflow_server import start_api_server
+
+    s3_store("aws_default").ensure_bucket("tl-dashboard")
+    server = start_api_server(HOME, "s3://tl-dashboard/registry")
+    yield server
+    server.stop()

@@ -376,6 +376,22 @@ class S3Store:
                 )
         return found
 
+    def list_folders(self, uri: str | S3URI) -> list[str]:
+        """Names of the folders directly under a folder URI, sorted: one LIST per 1,000 of them, however many
+        objects each holds. A missing bucket is an error; an empty folder is not."""
+        loc = _as_uri(uri)
+
+        def folders() -> list[str]:
+            found = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=loc.bucket, Prefix=loc.folder_key, Delimiter="/"
+            )
+            for page in pages:
+                found += [p["Prefix"][len(loc.folder_key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            return found
+
+        return sorted(self._retrying(loc, "listing", folders))
+
     def delete(self, uri: str | S3URI) -> None:
         loc = _as_uri(uri)
         self._retrying(loc, "deleting", lambda: self.client.delete_object(Bucket=loc.bucket, Key=loc.key))

@@ -1,0 +1,127 @@
+"""The dashboard on a real Airflow API server, against registries in the real S3 server: the plugin is
+registered by installing the package, every endpoint needs a token and DAG access, strings from S3 are inert,
+and only the configured registries can be read."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from airflow_tl.registry.naming import allocate_version
+from airflow_tl.registry.promotion import Comparison, Gate, promote_if_better
+from airflow_tl.registry.store import Registry
+from tests.helpers import publish_model
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def registry_uri(demo, small_target, run_dag, dashboard_server) -> str:
+    """Model ``digits`` made by two real runs of tl_feature_extraction (v1, v2); model ``hostile`` whose class
+    names and strategy came from S3 holding markup."""
+    from airflow_tl.hooks.s3 import s3_store
+
+    store, uri = s3_store("aws_default"), dashboard_server.registry_uri
+    conf = {
+        "dataset_uri": small_target, "pretrained_uri": demo.source_model, "registry_uri": uri,
+        "model_name": "digits", "work_uri": f"{uri}-work",
+    }  # fmt: skip
+    for _ in range(2):
+        result = run_dag("tl_feature_extraction", conf)
+        assert result.state == "success", result.failures
+    registry = Registry(store, uri, "hostile")
+    model = f"{uri}-work/hostile-model"
+    publish_model(store, model, "mobilenet_v3_small", classes=[HOSTILE, "b"])
+    version = allocate_version(registry, dag_id="tl_feature_extraction", run_id=HOSTILE)
+    context = {"dag_id": "tl_feature_extraction", "run_id": HOSTILE, "strategy": HOSTILE}
+    metrics = {"summary": {"accuracy": 0.5, "n": 60}, "metrics": {"class_names": [HOSTILE, "b"],
+               "confusion": [[1, 0], [0, 1]]}, "context": context}  # fmt: skip
+    registry.write_version(version, model_uri=model, metrics=metrics, report_html=b"<p>report</p>", plots={})
+    promote_if_better(
+        registry, version=version, score=0.5, images=60, gate=Gate(),
+        compare=lambda champion: Comparison(60, 0.5, None), context=context,
+    )  # fmt: skip
+    return uri
+
+
+def test_the_plugin_is_registered_by_the_package(dashboard_server):
+    listed = dashboard_server.get("/api/v2/plugins", user="admin").json()
+    (plugin,) = [p for p in listed["plugins"] if p["name"] == "airflow_tl"]
+    views = {(v["destination"], v["url_route"]) for v in plugin["external_views"]}
+    assert views == {("nav", "airflow-tl"), ("dag", "airflow-tl-dag-models")}
+
+
+@pytest.mark.parametrize("path", ["/airflow-tl/", "/airflow-tl/api/registries", "/airflow-tl/models/digits"])
+def test_without_a_token_every_endpoint_answers_401(dashboard_server, path):
+    assert dashboard_server.get(path, user=None).status_code == 401
+
+
+def test_the_models_page_shows_the_champion_and_an_unreadable_registry_as_such(dashboard_server, registry_uri):
+    page = dashboard_server.get("/airflow-tl/", user="viewer")
+    assert page.status_code == 200 and "script-src" not in page.headers["content-security-policy"]
+    html = page.text
+    # The second run's head is the first's (the fit is deterministic): a tie, which keeps champion v1.
+    assert f"Registry <code>{registry_uri}</code>" in html and '<td class="champion"><a href=' in html
+    # The strategy DAGs' default registry (the demo bucket) does not exist in this S3: shown, with its URI.
+    assert re.search(r'class="problem">s3://airflow-tl-demo/registry cannot be read', html)
+    registries = dashboard_server.get("/airflow-tl/api/registries", user="viewer").json()
+    (shown,) = [r for r in registries if r["uri"] == registry_uri]
+    digits = next(m for m in shown["models"] if m["name"] == "digits")
+    assert digits["champion"]["version"] == "v1" and digits["champion"]["dag_id"] == "tl_feature_extraction"
+    assert [p["version"] for p in digits["trend"]] == ["v1", "v2"]
+    assert digits["dag_ids"] == ["tl_feature_extraction"]
+
+
+def test_strings_from_s3_render_inert(dashboard_server, registry_uri):
+    pages = [
+        "/",
+        "/models/hostile",
+        "/models/hostile/history",
+        "/models/hostile/versions/v1",
+        "/dags/tl_feature_extraction",
+    ]
+    for path in pages:
+        html = dashboard_server.get(f"/airflow-tl{path}", user="viewer", registry=registry_uri).text
+        # Shown escaped as text, or percent-encoded in a link to its DAG run; never as markup.
+        assert HOSTILE not in html and ("&lt;script&gt;" in html or "%3Cscript%3E" in html), path
+    html = dashboard_server.get(
+        "/airflow-tl/models/hostile/compare", user="viewer", registry=registry_uri, a="v1", b="v1"
+    ).text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the class names of the confusion matrix
+
+
+def test_a_version_page_and_its_report_served_with_a_policy_that_forbids_scripts(dashboard_server, registry_uri):
+    page = dashboard_server.get("/airflow-tl/models/digits/versions/v1", user="viewer", registry=registry_uri)
+    assert page.status_code == 200 and "tl_feature_extraction" in page.text and "resnet18" in page.text
+    report = dashboard_server.get("/airflow-tl/models/digits/versions/v1/report", user="viewer", registry=registry_uri)
+    assert report.status_code == 200 and report.headers["content-type"] == "text/html; charset=utf-8"
+    assert report.headers["content-security-policy"].startswith("default-src 'none'; img-src data:")
+    assert 'src="data:image/png;base64,' in report.text
+    model = dashboard_server.get("/airflow-tl/api/models/digits", user="viewer", registry=registry_uri).json()
+    rows = [(row["version"], row["decision"]) for row in model["version_rows"]]
+    assert rows == [("v2", "kept"), ("v1", "promoted")]
+    compared = dashboard_server.get(
+        "/airflow-tl/api/models/digits/compare", user="viewer", registry=registry_uri, a="v1", b="v2"
+    ).json()
+    assert compared["data"]["splits"]["train"]["added"] == []  # the same images both times
+
+
+def test_a_registry_outside_the_setting_is_refused(dashboard_server, store, bucket):
+    elsewhere = f"s3://{bucket}/registry"
+    for path in ("/airflow-tl/models/digits", "/airflow-tl/api/models/digits"):
+        answer = dashboard_server.get(path, user="admin", registry=elsewhere)
+        assert answer.status_code == 403 and "not one this dashboard shows" in answer.text
+
+
+def test_unknown_models_and_versions_are_404_with_the_reason(dashboard_server, registry_uri):
+    answer = dashboard_server.get("/airflow-tl/api/models/nothing", user="viewer", registry=registry_uri)
+    assert answer.status_code == 404 and "has no model 'nothing'" in answer.json()["detail"]
+    answer = dashboard_server.get("/airflow-tl/api/models/digits/versions/v9", user="viewer", registry=registry_uri)
+    assert answer.status_code == 404 and "has no complete version 'v9'" in answer.json()["detail"]
+
+
+def test_the_openapi_document_lists_the_json_endpoints(dashboard_server):
+    schema = json.loads(dashboard_server.get("/airflow-tl/openapi.json", user="viewer").text)
+    assert {"/api/registries", "/api/models/{name}", "/api/models/{name}/history"} <= set(schema["paths"])
