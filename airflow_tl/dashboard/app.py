@@ -11,16 +11,20 @@ from __future__ import annotations
 import functools
 import re
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_tl import __version__
 from airflow_tl.dashboard import access, catalog, registries
-from airflow_tl.exceptions import AirflowTLError, ObjectNotFoundError
+from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError, ObjectNotFoundError
+from airflow_tl.registry import manual
+from airflow_tl.registry.store import Registry
 
 # What the report may do inside the browser: show its own inline styles and data-URI plots, nothing else.
 REPORT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
@@ -32,6 +36,14 @@ _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # Module level: the routes' annotations are strings (``from __future__``), resolved in this module's globals.
 User = Annotated[Any, Depends(get_user)]
 RegistryParam = Annotated[str, Query(description="A registry_uri the dashboard shows ([airflow_tl] registries).")]
+
+
+class Action(BaseModel):
+    version: str = Field(description="The version to make the champion.")
+    reason: str = Field(description="Why; recorded in the history with the user's name.")
+    expected_champion: str | None = Field(
+        None, description="The champion the decision was made against; if it has changed since, nothing is written."
+    )
 
 
 @functools.cache
@@ -127,6 +139,42 @@ def create_app() -> FastAPI:
         summary = model(user, registry, name)
         return _compare(summary, name, a, b)
 
+    # --- changing the champion ------------------------------------------------------------------
+
+    def act(request: Request, user: Any, registry: str, name: str, action: str, body: Action) -> dict[str, Any]:
+        _same_origin(request)
+        summary = model(user, registry, name, access.EDIT)
+        _check_version(body.version)
+        target = Registry(_store(), summary.registry_uri, name)
+        try:
+            return manual.set_champion(
+                target, version=body.version, action=action, user=access.user_name(user), reason=body.reason,
+                expected=body.expected_champion or None,
+            )  # fmt: skip
+        except manual.ActionRefusedError as err:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
+        except InvalidArgumentError as err:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from err
+
+    @api.post("/models/{name}/promote", summary="Make a complete version the champion (needs DAG edit access)")
+    def api_promote(request: Request, name: str, registry: RegistryParam, body: Action, user: User) -> dict[str, Any]:
+        return act(request, user, registry, name, "promote", body)
+
+    @api.post("/models/{name}/rollback", summary="Make an earlier champion the champion again (needs DAG edit access)")
+    def api_rollback(request: Request, name: str, registry: RegistryParam, body: Action, user: User) -> dict[str, Any]:
+        return act(request, user, registry, name, "rollback", body)
+
+    @pages.post("/models/{name}/{action}")
+    async def action_form(request: Request, name: str, action: str, registry: RegistryParam, user: User) -> Response:
+        if action not in manual.ACTIONS:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No action {action!r}.")
+        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode(), keep_blank_values=True).items()}
+        body = Action(version=form.get("version", ""), reason=form.get("reason", ""),
+                      expected_champion=form.get("expected_champion") or None)  # fmt: skip
+        act(request, user, registry, name, action, body)
+        history = _link(request.scope.get("root_path", ""), f"/models/{name}/history", registry=registry)
+        return RedirectResponse(history, status.HTTP_303_SEE_OTHER)
+
     @pages.get("/", response_class=HTMLResponse)
     def models_page(request: Request, user: User) -> HTMLResponse:
         return render(request, "models.html", user, registries=visible(user), spark=sparkline)
@@ -147,7 +195,14 @@ def create_app() -> FastAPI:
 
     @pages.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
     def version_page(request: Request, name: str, version: str, registry: RegistryParam, user: User) -> HTMLResponse:
-        return render(request, "version.html", user, **version_detail(user, registry, name, version))
+        detail = version_detail(user, registry, name, version)
+        entry, summary = _registry(registry), catalog.ModelSummary(**detail["model"])
+        events = catalog.history_rows(_store(), summary.registry_uri, name)
+        return render(
+            request, "version.html", user, **detail,
+            can_edit=access.allowed(user, access.EDIT, _dags(entry, summary)),
+            was_champion=any(e.get("version") == version and e.get("promoted") for e in events),
+        )  # fmt: skip
 
     @pages.get("/models/{name}/versions/{version}/report")
     def report(name: str, version: str, registry: RegistryParam, user: User) -> Response:
@@ -173,6 +228,18 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(pages)
 
+    @app.exception_handler(StarletteHTTPException)
+    def refused(request: Request, err: StarletteHTTPException) -> Response:
+        # JSON for the API, a page for a person; both say why.
+        if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api") or err.status_code == 401:
+            return JSONResponse({"detail": err.detail}, err.status_code, headers=getattr(err, "headers", None))
+        html = (
+            _templates()
+            .get_template("error.html")
+            .render(root=request.scope.get("root_path", ""), status=err.status_code, detail=str(err.detail))
+        )
+        return HTMLResponse(html, err.status_code, headers={"Content-Security-Policy": PAGE_POLICY})
+
     @app.exception_handler(AirflowTLError)
     def registry_problem(request: Request, err: AirflowTLError) -> Response:
         # A registry object that cannot be read: say which, instead of a stack trace.
@@ -193,6 +260,14 @@ def _registry(uri: str) -> registries.Registry:
 
 def _dags(entry: registries.Registry, summary: catalog.ModelSummary) -> set[str]:
     return set(summary.dag_ids) | entry.dag_models.get(summary.name, set())
+
+
+def _same_origin(request: Request) -> None:
+    """A change must come from this site: a browser sends Origin with every POST, and a page of another site
+    must not act with the user's cookie (which is SameSite=Lax as well)."""
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"Refusing a change requested from another site ({origin}).")
 
 
 def _check_version(version: str) -> None:

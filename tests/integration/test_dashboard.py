@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
 
 from airflow_tl.registry.naming import allocate_version
@@ -95,6 +96,9 @@ def test_strings_from_s3_render_inert(dashboard_server, registry_uri):
 def test_a_version_page_and_its_report_served_with_a_policy_that_forbids_scripts(dashboard_server, registry_uri):
     page = dashboard_server.get("/airflow-tl/models/digits/versions/v1", user="viewer", registry=registry_uri)
     assert page.status_code == 200 and "tl_feature_extraction" in page.text and "resnet18" in page.text
+    assert 'method="post"' not in page.text  # a viewer is offered no action
+    admins = dashboard_server.get("/airflow-tl/models/digits/versions/v2", user="admin", registry=registry_uri).text
+    assert "<h2>Promote v2</h2>" in admins and 'name="expected_champion" value="v1"' in admins
     report = dashboard_server.get("/airflow-tl/models/digits/versions/v1/report", user="viewer", registry=registry_uri)
     assert report.status_code == 200 and report.headers["content-type"] == "text/html; charset=utf-8"
     assert report.headers["content-security-policy"].startswith("default-src 'none'; img-src data:")
@@ -125,3 +129,43 @@ def test_unknown_models_and_versions_are_404_with_the_reason(dashboard_server, r
 def test_the_openapi_document_lists_the_json_endpoints(dashboard_server):
     schema = json.loads(dashboard_server.get("/airflow-tl/openapi.json", user="viewer").text)
     assert {"/api/registries", "/api/models/{name}", "/api/models/{name}/history"} <= set(schema["paths"])
+
+
+def test_promote_and_roll_back_need_edit_access_and_leave_history(dashboard_server, registry_uri):
+    server, path = dashboard_server, "/airflow-tl/api/models/digits"
+
+    def champion() -> tuple[str, int]:
+        history = server.get(f"{path}/history", user="viewer", registry=registry_uri).json()
+        return server.get(path, user="viewer", registry=registry_uri).json()["champion"]["version"], len(history)
+
+    def post(action: str, user: str, **body) -> object:
+        return httpx.post(f"{server.url}{path}/{action}", params={"registry": registry_uri}, json=body,
+                          headers={"Authorization": f"Bearer {server.token(user)}"}, timeout=60)  # fmt: skip
+
+    before = champion()
+    assert before[0] == "v1"
+    refused = post("promote", "viewer", version="v2", reason="looks better", expected_champion="v1")
+    assert refused.status_code == 403 and "needs DAG edit access to tl_feature_extraction" in refused.text
+    missing = post("promote", "admin", version="v9", reason="why", expected_champion="v1")
+    assert missing.status_code == 409 and "versions/v9 is not a complete version" in missing.json()["detail"]
+    assert champion() == before  # nothing was written
+
+    promoted = post("promote", "admin", version="v2", reason="checked by hand", expected_champion="v1")
+    assert promoted.status_code == 200, promoted.text
+    assert champion() == ("v2", before[1] + 1)
+    (latest, *_) = server.get(f"{path}/history", user="viewer", registry=registry_uri).json()
+    assert (latest["user"], latest["action"], latest["reason"]) == ("admin", "promote", "checked by hand")
+
+    # The version page's form: from another site refused; from the page itself, done and shown in the history.
+    form = {"version": "v1", "reason": "back to v1", "expected_champion": "v2"}
+    headers = {"Authorization": f"Bearer {server.token('admin')}", "Origin": "https://elsewhere.example"}
+    forged = httpx.post(f"{server.url}/airflow-tl/models/digits/rollback", params={"registry": registry_uri},
+                        data=form, headers=headers, timeout=60)  # fmt: skip
+    assert forged.status_code == 403 and "another site" in forged.text and champion()[0] == "v2"
+    headers["Origin"] = server.url
+    done = httpx.post(f"{server.url}/airflow-tl/models/digits/rollback", params={"registry": registry_uri},
+                      data=form, headers=headers, timeout=60)  # fmt: skip
+    assert done.status_code == 303 and "/airflow-tl/models/digits/history?registry=" in done.headers["location"]
+    assert champion() == ("v1", before[1] + 2)
+    page = server.get("/airflow-tl/models/digits/history", user="viewer", registry=registry_uri).text
+    assert "rollback" in page and "back to v1" in page and "admin" in page
