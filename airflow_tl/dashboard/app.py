@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_tl import __version__
-from airflow_tl.dashboard import access, catalog, registries
+from airflow_tl.dashboard import access, catalog, registries, urls
 from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError, ObjectNotFoundError
 from airflow_tl.registry import manual
 from airflow_tl.registry.store import Registry
@@ -61,13 +61,6 @@ def _store():
     return s3_store(settings.get("dashboard_aws_conn_id"))
 
 
-def airflow_base_path() -> str:
-    """The path Airflow's UI is served under (``[api] base_url``), '' at the root."""
-    from airflow.configuration import conf
-
-    return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
-
-
 def create_app() -> FastAPI:
     app = FastAPI(
         title="airflow-tl dashboard",
@@ -79,7 +72,7 @@ def create_app() -> FastAPI:
 
     def render(request: Request, template: str, user: Any, **values: Any) -> HTMLResponse:
         html = _templates().get_template(template).render(
-            root=request.scope.get("root_path", ""), airflow=airflow_base_path(), user=access.user_name(user),
+            root=request.scope.get("root_path", ""), airflow=urls.base_path(), user=access.user_name(user),
             link=_link, **values,
         )  # fmt: skip
         return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})

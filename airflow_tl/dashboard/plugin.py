@@ -11,19 +11,12 @@ import sys
 
 from airflow.plugins_manager import AirflowPlugin
 
-URL_PREFIX = "/airflow-tl"
+from airflow_tl.dashboard.urls import URL_PREFIX, base_path
+
 # The same test Airflow's own providers use (edge3): the api-server command, or its module run directly.
 RUNNING_ON_API_SERVER = (len(sys.argv) > 1 and sys.argv[1] == "api-server") or (
     len(sys.argv) > 2 and sys.argv[2].endswith("airflow/api_fastapi/main.py")
 )
-
-
-def _base_path() -> str:
-    from urllib.parse import urlsplit
-
-    from airflow.configuration import conf
-
-    return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
 
 
 def _apps() -> list[dict]:
@@ -40,14 +33,14 @@ class AirflowTLPlugin(AirflowPlugin):
     external_views = [
         {
             "name": "Models",
-            "href": f"{_base_path()}{URL_PREFIX}/",
+            "href": f"{base_path()}{URL_PREFIX}/",
             "url_route": "airflow-tl",
             "destination": "nav",
             "category": "browse",
         },
         {
             "name": "Models",
-            "href": f"{_base_path()}{URL_PREFIX}/dags/{{DAG_ID}}",
+            "href": f"{base_path()}{URL_PREFIX}/dags/{{DAG_ID}}",
             "url_route": "airflow-tl-dag-models",
             "destination": "dag",
         },

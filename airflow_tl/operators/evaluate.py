@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_tl.operators.base import TransferLearningBaseOperator
+from airflow_tl.operators.links import VERSION_PAGE_KEY, ModelVersionLink
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
     )
     uri_fields = (*TransferLearningBaseOperator.uri_fields, "model_uri", "dataset_uri", "registry_uri")
     ui_color = "#e3f1e0"
+    operator_extra_links = (ModelVersionLink(),)
 
     def __init__(
         self,
@@ -157,6 +159,11 @@ class EvaluateOperator(TransferLearningBaseOperator):
             summary["reason"],
         )
         self.log.info("Report: %s", summary["report_uri"])
+        from airflow_tl.dashboard.urls import version_page
+
+        page = version_page(self.registry_uri, self.model_name, summary["version"])
+        context["ti"].xcom_push(key=VERSION_PAGE_KEY, value=page)
+        self.log.info("On the dashboard: %s", page)
         self._annotate_assets(context, summary)
         return summary
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_tl.operators.base import TransferLearningBaseOperator
+from airflow_tl.operators.links import CHECKPOINTS_KEY, CheckpointsLink, s3_console_url
 from airflow_tl.runtime import prepare_torch_runtime
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "checkpoint_uri",
     )
     ui_color = "#fdf1e0"
+    operator_extra_links = (CheckpointsLink(),)
 
     def __init__(
         self,
@@ -167,6 +169,9 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         output_uri = self.output_uri or f"{prefix}/model"
         checkpoint_uri = self.checkpoint_uri or f"{prefix}/checkpoints"
         self.log.info("Training from %s into %s (checkpoints in %s)", self.model_uri, output_uri, checkpoint_uri)
+        console = None if self.features_uri else s3_console_url(self.store.client, checkpoint_uri)
+        if console:  # a head fitted on cached features keeps no checkpoints
+            context["ti"].xcom_push(key=CHECKPOINTS_KEY, value=console)
         result = train(
             self.store,
             model_uri=self.model_uri,

@@ -32,7 +32,9 @@ def set_champion(
     """Make ``version`` the champion by hand; returns the history entry. ``expected``: the champion the person
     saw (None: there was none)."""
     if action not in ACTIONS:
-        raise InvalidArgumentError(f"Argument action accepts only 'promote' and 'rollback'. Provided value: {action!r}.")
+        raise InvalidArgumentError(
+            f"Argument action accepts only 'promote' and 'rollback'. Provided value: {action!r}."
+        )
     reason = (reason or "").strip()
     if not reason or len(reason) > MAX_REASON:
         raise InvalidArgumentError(f"A reason is required, at most {MAX_REASON} characters: it goes into the history.")

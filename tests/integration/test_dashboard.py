@@ -169,3 +169,16 @@ def test_promote_and_roll_back_need_edit_access_and_leave_history(dashboard_serv
     assert champion() == ("v1", before[1] + 2)
     page = server.get("/airflow-tl/models/digits/history", user="viewer", registry=registry_uri).text
     assert "rollback" in page and "back to v1" in page and "admin" in page
+
+
+def test_the_evaluate_task_links_to_its_version_page(dashboard_server, registry_uri):
+    runs = dashboard_server.get("/api/v2/dags/tl_feature_extraction/dagRuns", user="admin", order_by="logical_date")
+    links = []
+    for run in runs.json()["dag_runs"]:
+        path = f"/api/v2/dags/tl_feature_extraction/dagRuns/{run['dag_run_id']}/taskInstances/evaluate/links"
+        links.append(dashboard_server.get(path, user="admin").json()["extra_links"].get("Model version"))
+    pages = [f"/airflow-tl/models/digits/versions/{v}?registry={registry_uri.replace('/', '%2F').replace(':', '%3A')}"
+             for v in ("v1", "v2")]  # fmt: skip
+    assert [link for link in links if link and "/models/digits/" in link] == pages, (runs.json(), links)
+    page = dashboard_server.get(pages[0].split("?")[0], user="viewer", registry=registry_uri)
+    assert page.status_code == 200 and "digits · v1" in page.text
