@@ -108,6 +108,8 @@ class TournamentOperator(TransferLearningBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
+        from airflow.sdk import Asset
+
         from airflow_tl.evaluation.tournament import Contender, run_tournament
         from airflow_tl.registry.promotion import Gate
 
@@ -140,6 +142,11 @@ class TournamentOperator(TransferLearningBaseOperator):
             summary["winner"], summary["metric"], summary["score"],
             "promoted to champion" if summary["promoted"] else "not promoted", summary["reason"],
         )  # fmt: skip
+        keys = ("version", "promoted", "winner", "metric", "score")
+        extra = {**{k: summary[k] for k in keys}, "report_uri": f"{output}/tournament.html"}
+        for outlet in self.outlets or []:  # DAGs scheduled on the model see which version won, and if it serves
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = extra
         return {**summary, "report_uri": f"{output}/tournament.html"}
 
     def _error(self, ti: Any, strategy: str) -> str | None:

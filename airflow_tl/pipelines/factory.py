@@ -19,6 +19,7 @@ from airflow_tl.operators import (
     FetchPretrainedOperator,
     FreezeAndTrainOperator,
 )
+from airflow_tl.pipelines.assets import ASSET_SCHEME, dataset_asset, model_asset  # noqa: F401  (public here too)
 from airflow_tl.pipelines.params import DEMO_DEFAULTS, strategy_params
 from airflow_tl.pipelines.strategies import Strategy, get_strategy
 
@@ -49,19 +50,6 @@ def schedule_from_env(dag_id: str) -> str | None:
     """The schedule in ``AIRFLOW_TL_SCHEDULE_<DAG_ID>`` (cron or preset such as ``@daily``); unset or "none": None."""
     value = os.environ.get(_schedule_var(dag_id), "").strip()
     return None if value.lower() in _NO_SCHEDULE else value
-
-
-ASSET_SCHEME = "x-airflow-tl"
-
-
-def model_asset(registry_uri: str, model_name: str) -> Asset:
-    """The registry's model as an Airflow Asset: other DAGs can be scheduled on a new version landing.
-
-    The URI is the model's registry location under Airflow's ``x-`` scheme for custom assets: an ``s3://``
-    asset would run the amazon provider's URI normaliser, which imports boto3 on every parse of the DAG file.
-    """
-    location = registry_uri.rstrip("/").removeprefix("s3://")
-    return Asset(uri=f"{ASSET_SCHEME}://{location}/{model_name}", name=f"airflow-tl/{model_name}", group="ml-model")
 
 
 def build_dag(

@@ -100,6 +100,13 @@ def test_a_tournament_with_a_failing_contender_compares_the_others(store, bucket
     champion = json.loads(store.get_bytes(f"s3://{bucket}/registry/digits/champion.json"))
     assert champion["version"] == summary["version"] and champion["strategy"] == summary["winner"]
     assert [e["version"] for e in registry.history()] == [summary["version"]]
+    # The model's Asset gets one event, the tournament's, naming the winning version and that it now serves.
+    from tests.integration.test_pipelines import asset_event_extras
+
+    (event,) = asset_event_extras(result.run_id)
+    assert {k: event[k] for k in ("version", "promoted", "winner")} == {
+        "version": summary["version"], "promoted": True, "winner": summary["winner"],
+    }  # fmt: skip
 
     report = store.get_bytes(summary["report_uri"]).decode()
     assert report.count("<tr>") == 5 and "failed: partial_freeze.train: InvalidArgumentError" in report

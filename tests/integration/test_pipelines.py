@@ -71,14 +71,20 @@ def test_each_strategy_dag_lands_a_complete_version(store, bucket, demo, small_t
     assert _asset_event_extra(result.run_id)["version"] == version
 
 
-def _asset_event_extra(run_id: str) -> dict:
+def asset_event_extras(run_id: str) -> list[dict]:
+    """The extras of the Asset events a DAG run emitted, in the order they were emitted."""
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        (event,) = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id)).all()
-        return dict(event.extra)
+        query = select(AssetEvent).where(AssetEvent.source_run_id == run_id).order_by(AssetEvent.id)
+        return [dict(event.extra) for event in session.scalars(query)]
+
+
+def _asset_event_extra(run_id: str) -> dict:
+    (extra,) = asset_event_extras(run_id)
+    return extra
 
 
 def test_the_gate_keeps_a_better_champion_and_promotes_a_better_run(store, bucket, demo, small_target, run_dag):
