@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo airflow test lint bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m airflow_tl.demo run
+
+# Local S3 (seeded) and Airflow with our DAGs and dashboard on 127.0.0.1; Ctrl-C stops all of it.
+airflow: $(STAMP)
+	$(BIN)/python -m airflow_tl.demo airflow $(if $(PORT),--port $(PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
