@@ -252,3 +252,36 @@ def dashboard_server(airflow_db, local_s3):
     server = start_api_server(HOME, "s3://tl-dashboard/registry")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def dashboard_registry(demo, small_target, run_dag, dashboard_server) -> str:
+    """Model ``digits`` made by two real runs of tl_feature_extraction (v1, v2); model ``hostile`` whose class
+    names and strategy came from S3 holding markup."""
+    from airflow_tl.hooks.s3 import s3_store
+    from airflow_tl.registry.naming import allocate_version
+    from airflow_tl.registry.promotion import Comparison, Gate, promote_if_better
+    from airflow_tl.registry.store import Registry
+    from tests.helpers import HOSTILE, publish_model
+
+    store, uri = s3_store("aws_default"), dashboard_server.registry_uri
+    conf = {
+        "dataset_uri": small_target, "pretrained_uri": demo.source_model, "registry_uri": uri,
+        "model_name": "digits", "work_uri": f"{uri}-work",
+    }  # fmt: skip
+    for _ in range(2):
+        result = run_dag("tl_feature_extraction", conf)
+        assert result.state == "success", result.failures
+    registry = Registry(store, uri, "hostile")
+    model = f"{uri}-work/hostile-model"
+    publish_model(store, model, "mobilenet_v3_small", classes=[HOSTILE, "b"])
+    version = allocate_version(registry, dag_id="tl_feature_extraction", run_id=HOSTILE)
+    context = {"dag_id": "tl_feature_extraction", "run_id": HOSTILE, "strategy": HOSTILE}
+    metrics = {"summary": {"accuracy": 0.5, "n": 60}, "metrics": {"class_names": [HOSTILE, "b"],
+               "confusion": [[1, 0], [0, 1]]}, "context": context}  # fmt: skip
+    registry.write_version(version, model_uri=model, metrics=metrics, report_html=b"<p>report</p>", plots={})
+    promote_if_better(
+        registry, version=version, score=0.5, images=60, gate=Gate(),
+        compare=lambda champion: Comparison(60, 0.5, None), context=context,
+    )  # fmt: skip
+    return uri

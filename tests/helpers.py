@@ -93,3 +93,6 @@ def flatten_dataset(store, source: str, dest: str) -> list[str]:
 def snapshot(store, uri: str) -> dict[str, str]:
     """Every object under ``uri`` with its ETag: compare two snapshots to prove nothing was written."""
     return {o.key: o.etag for o in store.list(uri)}
+
+
+HOSTILE = "<script>alert(1)</script>"  # a string from S3 that must render inert
