@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,15 +27,60 @@ def _prepare_airflow_env() -> Path:
     return home
 
 
-def _run(command: list[str], log_path: Path, what: str, env: dict[str, str]) -> None:
+# In an `airflow dags test` log: a task starting, and a line of ours (structlog's console format).
+_TASK_STARTS = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+_OUR_LINE = re.compile(r"\[(?:info|warning|error)\s*\] (.+?) \[airflow_tl[\w.]*\] loc=")
+_QUIET_SECONDS = 10.0  # without a terminal, a progress line at most this often (task changes at once)
+
+
+def _run(command: list[str], log_path: Path, what: str, env: dict[str, str], progress: str | None = None) -> None:
+    """Run ``command`` with its output in ``log_path``; with ``progress`` (a name), show its task and latest line."""
     started = time.monotonic()
     with open(log_path, "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if progress:
+            _follow(process, log_path, progress)
+        code = process.wait()
     if code != 0:
         tail = log_path.read_text().splitlines()[-40:]
         sys.stderr.write("\n".join(tail) + "\n")
         raise SystemExit(f"{what} failed (exit {code}); full log: {log_path}")
     print(f"  {what}: ok ({time.monotonic() - started:.0f}s, log {log_path})", flush=True)
+
+
+def _follow(process: subprocess.Popen, log_path: Path, name: str) -> None:
+    """Until ``process`` ends: which task runs and its latest progress line, from the log it writes.
+
+    On a terminal one line is rewritten in place; otherwise a line is printed when the task changes, and
+    otherwise at most every ``_QUIET_SECONDS``. Airflow's own lines never show: only the demo's and ours.
+    """
+    tty = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns - 1
+    position, rest, task, latest, shown, printed_at = 0, "", None, None, None, 0.0
+    while process.poll() is None:
+        time.sleep(0.5)
+        with open(log_path, errors="replace") as log:
+            log.seek(position)
+            chunk = rest + log.read()
+            position = log.tell()
+        *lines, rest = chunk.split("\n")
+        task_changed = False
+        for line in lines:
+            if match := _TASK_STARTS.search(line):
+                task, latest, task_changed = match.group(1), None, True
+            elif match := _OUR_LINE.search(line):
+                latest = match.group(1)
+        status = f"    {name} › {task or 'starting'}" + (f": {latest}" if latest else "")
+        if status == shown:
+            continue
+        if tty:
+            print("\r" + status[:width].ljust(width), end="", flush=True)
+        elif task_changed or time.monotonic() - printed_at >= _QUIET_SECONDS:
+            print(status[:200], flush=True)
+            printed_at = time.monotonic()
+        shown = status
+    if tty and shown:
+        print("\r" + " " * width + "\r", end="", flush=True)
 
 
 def demo_conf(strategy: str, uris) -> dict:
@@ -87,15 +134,19 @@ def run_demo(
                 conf["epochs"] = train_epochs
             dag_id = f"tl_{strategy}"
             command = [*airflow, "dags", "test", dag_id, "-c", json.dumps(conf)]
-            _run(command, logs / f"{dag_id}.log", f"airflow dags test {dag_id}", env)
-        _report(aws_conn_id, bucket, started)
+            _run(command, logs / f"{dag_id}.log", f"airflow dags test {dag_id}", env, progress=dag_id)
+        # Under .demo/ beside the demo's Airflow home; under an Airflow home of your own, inside it.
+        reports = REPO / ".demo" / "reports" if home == REPO / ".demo" / "airflow" else home / "demo-reports"
+        _report(aws_conn_id, bucket, started, reports)
     finally:
         if local is not None:
             local.stop()
     return 0
 
 
-def _report(aws_conn_id: str, bucket: str, since: str) -> None:
+def _report(aws_conn_id: str, bucket: str, since: str, reports: Path) -> None:
+    """The table of what each strategy did, the champion, and local copies of the reports, which outlive a
+    local S3."""
     from airflow_tl.demo.seed import DemoURIs
     from airflow_tl.hooks.s3 import s3_store
     from airflow_tl.registry.store import REPORT_FILE, Registry
@@ -122,10 +173,17 @@ def _report(aws_conn_id: str, bucket: str, since: str) -> None:
         )
     champion = registry.champion().champion
     print()
+    reports.mkdir(parents=True, exist_ok=True)
+    for _, strategy, version, _ in sorted(rows):
+        local = reports / f"{MODEL_NAME}-{version}.html"
+        local.write_bytes(store.get_bytes(f"{registry.version_uri(version)}/{REPORT_FILE}"))
+        print(f"  {version:<4} {strategy:20} {local}")
     if champion is None:
         print(f"  No champion in {registry.uri}.")
         return
+    print()
     print(f"  champion       {registry.version_uri(champion.version)}/")
     print(f"  report         {registry.version_uri(champion.version)}/{REPORT_FILE}")
+    print(f"  local copy     {reports / f'{MODEL_NAME}-{champion.version}.html'}")
     print(f"  pointer        {registry.uri}/champion.json")
     print(f"  history        {registry.uri}/history/")

@@ -65,6 +65,14 @@ def test_demo_run_trains_every_strategy_and_reports(tmp_path):
     champion = re.search(r"^  champion +(s3://airflow-tl-demo/registry/digits-5-9/versions/\S+)/$", out, re.MULTILINE)
     assert champion and f"  report         {champion.group(1)}/report.html" in out
     assert "credentials retrieved" not in out  # the report is not drowned in Airflow's log lines
+    # While each DAG ran: which task, and its latest line (no terminal here: a line per task at least).
+    for task in ("fetch_pretrained", "train", "evaluate"):
+        assert re.search(rf"^    tl_partial_freeze › {task}", out, re.MULTILINE), out[-3000:]
+    # Every version's report as a local file, which outlives the local S3.
+    local = dict(re.findall(r"^  (v\d+) +\w+ +(\S+\.html)$", out, re.MULTILINE))
+    assert sorted(local) == ["v1", "v2", "v3", "v4"], out[-3000:]
+    for path in map(Path, local.values()):
+        assert path.parent == tmp_path / "home" / "demo-reports" and path.read_text().startswith("<!DOCTYPE html>")
 
 
 def test_local_s3_stops_cleanly():
