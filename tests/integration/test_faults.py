@@ -141,7 +141,12 @@ SCENARIOS = {
     # Seconds of latency before the status line and in the middle of a body, under the client's read timeout.
     "latency": (
         "feature_extraction",
-        lambda: (Fault("delay", every=40, seconds=1.0), Fault("stall", every=45, min_body=1, seconds=1.0)),
+        lambda: (
+            Fault("delay", every=40, seconds=1.0),
+            # Writes on their own count, so that some are delayed however many reads a run makes.
+            Fault("delay", methods=("PUT", "POST", "DELETE"), every=6, seconds=1.0),
+            Fault("stall", every=45, min_body=1, seconds=1.0),
+        ),
         (_image, _write),
     ),
     # 500s for requests that never reached S3, and for writes S3 did (conditional ones included): the answer lost.
