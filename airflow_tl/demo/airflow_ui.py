@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from airflow_tl.demo.runner import REPO, _prepare_airflow_env, _run
+from airflow_tl.demo.runner import REPO, _prepare_airflow_env, _run, local_s3_unless_configured
 
 USER = "admin"
 PROCESSES = {
@@ -34,14 +34,7 @@ def run_airflow(*, aws_conn_id: str, bucket: str, port: int, seed: bool) -> int:
     home = _prepare_airflow_env()
     logs = home / "airflow-logs"
     logs.mkdir(exist_ok=True)
-    conn_var = f"AIRFLOW_CONN_{aws_conn_id.upper()}"
-    local = None
-    if conn_var not in os.environ:
-        from airflow_tl.demo.local_s3 import start_local_s3
-
-        local = start_local_s3()
-        os.environ[conn_var] = local.connection_uri()
-        print(f"Local S3 (moto) on {local.endpoint_url}; set {conn_var} to use your own S3 instead.", flush=True)
+    local = local_s3_unless_configured(aws_conn_id)
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,

@@ -33,6 +33,21 @@ _OUR_LINE = re.compile(r"\[(?:info|warning|error)\s*\] (.+?) \[airflow_tl[\w.]*\
 _QUIET_SECONDS = 10.0  # without a terminal, a progress line at most this often (task changes at once)
 
 
+def local_s3_unless_configured(aws_conn_id: str):
+    """A local S3 (moto) behind ``aws_conn_id`` unless its connection is set in the environment; the caller
+    stops what this returns (None: the configured S3 is used)."""
+    conn_var = f"AIRFLOW_CONN_{aws_conn_id.upper()}"
+    if conn_var in os.environ:
+        print(f"Using the S3 of connection {aws_conn_id} from {conn_var}.", flush=True)
+        return None
+    from airflow_tl.demo.local_s3 import start_local_s3
+
+    local = start_local_s3()
+    os.environ[conn_var] = local.connection_uri()
+    print(f"Local S3 (moto) on {local.endpoint_url}; set {conn_var} to use your own S3 instead.", flush=True)
+    return local
+
+
 def _run(command: list[str], log_path: Path, what: str, env: dict[str, str], progress: str | None = None) -> None:
     """Run ``command`` with its output in ``log_path``; with ``progress`` (a name), show its task and latest line."""
     started = time.monotonic()
@@ -105,16 +120,7 @@ def run_demo(
     home = _prepare_airflow_env()
     logs = home / "demo-logs"
     logs.mkdir(exist_ok=True)
-    conn_var = f"AIRFLOW_CONN_{aws_conn_id.upper()}"
-    local = None
-    if conn_var not in os.environ:
-        from airflow_tl.demo.local_s3 import start_local_s3
-
-        local = start_local_s3()
-        os.environ[conn_var] = local.connection_uri()
-        print(f"Local S3 (moto) on {local.endpoint_url}; set {conn_var} to use your own S3 instead.", flush=True)
-    else:
-        print(f"Using the S3 of connection {aws_conn_id} from {conn_var}.", flush=True)
+    local = local_s3_unless_configured(aws_conn_id)
     # Airflow commands log in full to their files; this process prints the report, not Airflow's chatter.
     env = dict(os.environ)
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
