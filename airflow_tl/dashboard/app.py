@@ -94,6 +94,8 @@ def create_app() -> FastAPI:
         entry = _registry(registry)
         summary = catalog.summarise_model(_store(), entry.uri, name)
         if summary is None:
+            # Whether a name exists is itself only for those who may see every model it could belong to.
+            access.require(user, method, entry.dag_models.get(name, set()), f"model {name!r} of {entry.uri}")
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"{entry.uri} has no model {name!r}.")
         access.require(user, method, _dags(entry, summary), f"model {name!r} of {entry.uri}")
         return summary
