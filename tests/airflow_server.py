@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from airflow_tl.demo.airflow_ui import loopback_env, stop_group
 from airflow_tl.demo.local_s3 import free_port
 
 USERS = {"admin": "admin", "viewer": "viewer"}
@@ -44,27 +43,13 @@ class AirflowServer:
         return self.request("GET", path, user=user, **query)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, timeout=20)
 
 
 def start_api_server(home: Path, registry_uri: str, timeout: float = 180) -> AirflowServer:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
-        "AIRFLOW__AIRFLOW_TL__REGISTRIES": registry_uri,
-    }
+    env = loopback_env(port, USERS, registry_uri) | {"AIRFLOW__API__WORKERS": "1"}
     log = home / "api-server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

@@ -90,26 +90,25 @@ def create_app() -> FastAPI:
             })  # fmt: skip
         return shown
 
-    def model(user: Any, registry: str, name: str, method: str = access.READ) -> catalog.ModelSummary:
+    def model(user: Any, registry: str, name: str, method: str = access.READ) -> catalog.ModelView:
         entry = _registry(registry)
-        summary = catalog.summarise_model(_store(), entry.uri, name)
-        if summary is None:
+        view = catalog.read_model(_store(), entry.uri, name)
+        if view is None:
             # Whether a name exists is itself only for those who may see every model it could belong to.
             access.require(user, method, entry.dag_models.get(name, set()), f"model {name!r} of {entry.uri}")
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"{entry.uri} has no model {name!r}.")
-        access.require(user, method, _dags(entry, summary), f"model {name!r} of {entry.uri}")
-        return summary
+        access.require(user, method, _dags(entry, view.summary), f"model {name!r} of {entry.uri}")
+        return view
 
-    def version_detail(user: Any, registry: str, name: str, version: str) -> dict[str, Any]:
-        summary = model(user, registry, name)
+    def version_detail(view: catalog.ModelView, version: str) -> dict[str, Any]:
         _check_version(version)
-        rows = {row["version"]: row for row in catalog.version_rows(_store(), summary.registry_uri, name)}
+        rows = {row["version"]: row for row in view.rows}
         if version not in rows:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{summary.uri} has no complete version {version!r}.")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{view.summary.uri} has no complete version {version!r}.")
         from airflow_tl.models.folder import read_card
 
         card = read_card(_store(), rows[version]["uri"])
-        return {"model": summary.to_dict(), "version": rows[version], "card": card.to_dict()}
+        return {"model": view.summary.to_dict(), "version": rows[version], "card": card.to_dict()}
 
     @api.get("/registries", summary="Every registry shown, with the models the user may read")
     def api_registries(user: User) -> list[dict[str, Any]]:
@@ -117,28 +116,26 @@ def create_app() -> FastAPI:
 
     @api.get("/models/{name}", summary="A model: its champion, trend and versions, newest first")
     def api_model(name: str, registry: RegistryParam, user: User) -> dict[str, Any]:
-        summary = model(user, registry, name)
-        return {**summary.to_dict(), "version_rows": catalog.version_rows(_store(), summary.registry_uri, name)}
+        view = model(user, registry, name)
+        return {**view.summary.to_dict(), "version_rows": view.rows}
 
     @api.get("/models/{name}/versions/{version}", summary="One version: its metrics, run and model card")
     def api_version(name: str, version: str, registry: RegistryParam, user: User) -> dict[str, Any]:
-        return version_detail(user, registry, name, version)
+        return version_detail(model(user, registry, name), version)
 
     @api.get("/models/{name}/history", summary="The champion's timeline, newest first")
     def api_history(name: str, registry: RegistryParam, user: User) -> list[dict[str, Any]]:
-        summary = model(user, registry, name)
-        return catalog.history_rows(_store(), summary.registry_uri, name)
+        return model(user, registry, name).history
 
     @api.get("/models/{name}/compare", summary="Two versions side by side, with the images added and removed")
     def api_compare(name: str, registry: RegistryParam, a: str, b: str, user: User) -> dict[str, Any]:
-        summary = model(user, registry, name)
-        return _compare(summary, name, a, b)
+        return _compare(model(user, registry, name).summary, name, a, b)
 
     # --- changing the champion ------------------------------------------------------------------
 
     def act(request: Request, user: Any, registry: str, name: str, action: str, body: Action) -> dict[str, Any]:
         _same_origin(request)
-        summary = model(user, registry, name, access.EDIT)
+        summary = model(user, registry, name, access.EDIT).summary
         _check_version(body.version)
         target = Registry(_store(), summary.registry_uri, name)
         try:
@@ -184,24 +181,22 @@ def create_app() -> FastAPI:
 
     @pages.get("/models/{name}", response_class=HTMLResponse)
     def model_page(request: Request, name: str, registry: RegistryParam, user: User) -> HTMLResponse:
-        summary = model(user, registry, name)
-        rows = catalog.version_rows(_store(), summary.registry_uri, name)
-        return render(request, "model.html", user, model=summary.to_dict(), rows=rows, spark=sparkline)
+        view = model(user, registry, name)
+        return render(request, "model.html", user, model=view.summary.to_dict(), rows=view.rows, spark=sparkline)
 
     @pages.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
     def version_page(request: Request, name: str, version: str, registry: RegistryParam, user: User) -> HTMLResponse:
-        detail = version_detail(user, registry, name, version)
-        entry, summary = _registry(registry), catalog.ModelSummary(**detail["model"])
-        events = catalog.history_rows(_store(), summary.registry_uri, name)
+        view = model(user, registry, name)
+        detail = version_detail(view, version)
         return render(
             request, "version.html", user, **detail,
-            can_edit=access.allowed(user, access.EDIT, _dags(entry, summary)),
-            was_champion=any(e.get("version") == version and e.get("promoted") for e in events),
+            can_edit=access.allowed(user, access.EDIT, _dags(_registry(registry), view.summary)),
+            was_champion=detail["version"]["was_champion"],
         )  # fmt: skip
 
     @pages.get("/models/{name}/versions/{version}/report")
     def report(name: str, version: str, registry: RegistryParam, user: User) -> Response:
-        detail = version_detail(user, registry, name, version)
+        detail = version_detail(model(user, registry, name), version)
         try:
             html = _store().get_bytes(detail["version"]["report_uri"])
         except ObjectNotFoundError as err:
@@ -211,13 +206,12 @@ def create_app() -> FastAPI:
 
     @pages.get("/models/{name}/history", response_class=HTMLResponse)
     def history_page(request: Request, name: str, registry: RegistryParam, user: User) -> HTMLResponse:
-        summary = model(user, registry, name)
-        events = catalog.history_rows(_store(), summary.registry_uri, name)
-        return render(request, "history.html", user, model=summary.to_dict(), events=events)
+        view = model(user, registry, name)
+        return render(request, "history.html", user, model=view.summary.to_dict(), events=view.history)
 
     @pages.get("/models/{name}/compare", response_class=HTMLResponse)
     def compare_page(request: Request, name: str, registry: RegistryParam, a: str, b: str, user: User) -> HTMLResponse:
-        summary = model(user, registry, name)
+        summary = model(user, registry, name).summary
         return render(request, "compare.html", user, model=summary.to_dict(), compared=_compare(summary, name, a, b))
 
     app.include_router(api)

@@ -61,13 +61,57 @@ def list_registry(store: S3Store, registry_uri: str) -> RegistryListing:
     return RegistryListing(registry_uri, [m for m in models if m is not None])
 
 
+@dataclass
+class ModelView:
+    """Everything a model's pages show, from one read of the registry: the summary, the versions newest first
+    with the gate's last decision on each, and the history newest first."""
+
+    summary: ModelSummary
+    rows: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+
+
 def summarise_model(store: S3Store, registry_uri: str, name: str) -> ModelSummary | None:
     """One model's champion, versions and gate-metric trend; None when ``name`` is not a model's folder."""
+    read = _read(store, registry_uri, name)
+    return None if read is None else read[0]
+
+
+def read_model(store: S3Store, registry_uri: str, name: str) -> ModelView | None:
+    """The summary, the versions with their decisions, and the history; None when ``name`` is not a model."""
+    read = _read(store, registry_uri, name)
+    if read is None:
+        return None
+    summary, registry, documents, champion = read
+    history = registry.history()  # oldest first: the last decision on a version is the one that stands
+    decisions = {event.get("version"): event for event in history}
+    served = {event.get("version") for event in history if event.get("promoted")}
+    rows = []
+    for row in reversed(documents):
+        event = decisions.get(row["version"])
+        row["decision"] = ("promoted" if event["promoted"] else "kept") if event else "not gated"
+        row["reason"] = event.get("reason") if event else None
+        row["is_champion"] = row["version"] == champion
+        row["was_champion"] = row["version"] in served
+        rows.append(row)
+    return ModelView(summary, rows, list(reversed(history)))
+
+
+def version_rows(store: S3Store, registry_uri: str, name: str) -> list[dict[str, Any]]:
+    """Every complete version, newest first, with what the Model page's table shows and the gate's decision."""
+    view = read_model(store, registry_uri, name)
+    return [] if view is None else view.rows
+
+
+def _read(store: S3Store, registry_uri: str, name: str):
+    """(summary, registry, every version's document oldest first, the champion's version), or None."""
     try:
         registry = Registry(store, registry_uri, name)
     except AirflowTLError:
         return None  # a folder whose name no model can have
     summary = ModelSummary(registry_uri, name, registry.uri)
+    documents: list[dict[str, Any]] = []
+    champion = None
     try:
         versions = registry.versions()
         state = registry.champion()
@@ -75,35 +119,17 @@ def summarise_model(store: S3Store, registry_uri: str, name: str) -> ModelSummar
             return None  # not a model: neither a version nor a champion pointer
         summary.versions = len(versions)
         summary.problem = state.problem
-        rows = [_version_document(registry, v) for v in versions]
+        documents = [_version_document(registry, v) for v in versions]
         if state.champion is not None:
+            champion = state.champion.version
             summary.champion = _champion(state.champion.pointer)
             summary.metric = state.champion.pointer.get("metric") or DEFAULT_METRIC
-        summary.trend = [_trend_point(row, summary.metric, summary.champion) for row in rows]
-        summary.dag_ids = sorted({row["dag_id"] for row in rows if row.get("dag_id")} | _champion_dag(summary))
+        summary.trend = [_trend_point(row, summary.metric, summary.champion) for row in documents]
+        summary.dag_ids = sorted({row["dag_id"] for row in documents if row.get("dag_id")} | _champion_dag(summary))
     except (AirflowTLError, ValueError) as err:
         log.warning("Model %s cannot be read: %s", registry.uri, err)
         summary.problem = f"{registry.uri} cannot be read: {err}"
-    return summary
-
-
-def version_rows(store: S3Store, registry_uri: str, name: str) -> list[dict[str, Any]]:
-    """Every complete version, newest first, with what the Model page's table shows and the gate's decision."""
-    registry = Registry(store, registry_uri, name)
-    state = registry.champion()
-    champion = state.champion.version if state.champion else None
-    decisions = {}
-    for event in registry.history():  # oldest first: the last decision on a version is the one that stands
-        decisions[event.get("version")] = event
-    rows = []
-    for version in reversed(registry.versions()):
-        row = _version_document(registry, version)
-        event = decisions.get(version)
-        row["decision"] = ("promoted" if event["promoted"] else "kept") if event else "not gated"
-        row["reason"] = event.get("reason") if event else None
-        row["is_champion"] = version == champion
-        rows.append(row)
-    return rows
+    return summary, registry, documents, champion
 
 
 def history_rows(store: S3Store, registry_uri: str, name: str) -> list[dict[str, Any]]:
@@ -161,7 +187,8 @@ def _manifest_change(store: S3Store, registry: Registry, a: str, b: str) -> dict
 def _version_document(registry: Registry, version: str) -> dict[str, Any]:
     document = registry.read_metrics(version)
     context, training = document.get("context") or {}, document.get("training") or {}
-    run = allocation(registry, version) or {}
+    # An evaluation records its run in the context; only a version written otherwise needs its allocation read.
+    run = {} if context.get("dag_id") and context.get("run_id") else allocation(registry, version) or {}
     return {
         "version": version,
         "uri": registry.version_uri(version),
@@ -170,7 +197,6 @@ def _version_document(registry: Registry, version: str) -> dict[str, Any]:
         "strategy": context.get("strategy"),
         "dag_id": context.get("dag_id") or run.get("dag_id"),
         "run_id": context.get("run_id") or run.get("run_id"),
-        "candidate": run.get("candidate"),
         "trainable_params": training.get("trainable_params"),
         "total_params": training.get("total_params"),
         "train_seconds": training.get("train_seconds"),

@@ -36,15 +36,8 @@ def run_airflow(*, aws_conn_id: str, bucket: str, port: int, seed: bool) -> int:
     logs.mkdir(exist_ok=True)
     local = local_s3_unless_configured(aws_conn_id)
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__AIRFLOW_TL__REGISTRIES": os.environ.get("AIRFLOW__AIRFLOW_TL__REGISTRIES", f"s3://{bucket}/registry"),
-    }
+    registries = os.environ.get("AIRFLOW__AIRFLOW_TL__REGISTRIES", f"s3://{bucket}/registry")
+    env = loopback_env(port, {USER: "admin"}, registries) | {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
     group: subprocess.Popen | None = None
     try:
         _run([sys.executable, "-m", "airflow", "db", "migrate"], logs / "db-migrate.log", "airflow db migrate", env)
@@ -73,6 +66,19 @@ def run_airflow(*, aws_conn_id: str, bucket: str, port: int, seed: bool) -> int:
             stop_group(group)
         if local is not None:
             local.stop()
+
+
+def loopback_env(port: int, users: dict[str, str], registries: str) -> dict[str, str]:
+    """This process's environment for Airflow on 127.0.0.1:``port``, with ``users`` (name: role) and the
+    dashboard showing ``registries``."""
+    return {
+        **os.environ,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:{role}" for user, role in users.items()),
+        "AIRFLOW__AIRFLOW_TL__REGISTRIES": registries,
+    }
 
 
 def _interrupt(signum, frame) -> None:
