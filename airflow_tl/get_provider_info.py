@@ -28,6 +28,7 @@ def get_provider_info() -> dict:
                     "airflow_tl.operators.assess",
                     "airflow_tl.operators.choose",
                     "airflow_tl.operators.tournament",
+                    "airflow_tl.operators.wait",
                 ],
             }
         ],

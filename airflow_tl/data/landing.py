@@ -25,6 +25,23 @@ class Landed:
     left: list[str] = field(default_factory=list)  # incoming objects that are not images, left in place
 
 
+def is_image_key(key: str) -> bool:
+    """Whether an object's key names an image landing would move (by its extension, as the loader reads)."""
+    return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def waiting_images(store: S3Store, incoming_uri: str) -> Landed:
+    """What waits under ``incoming_uri`` without moving anything: image keys in ``keys``, other URIs in ``left``."""
+    incoming = parse_s3_uri(incoming_uri, what="incoming_uri")
+    found = Landed()
+    for obj in store.list(incoming):
+        if is_image_key(obj.key):
+            found.keys.append(obj.key)
+        else:
+            found.left.append(obj.uri)
+    return found
+
+
 def land_images(store: S3Store, *, incoming_uri: str, dataset_uri: str) -> Landed:
     """Move the images under ``incoming_uri`` into ``dataset_uri``, keeping their relative keys."""
     incoming = parse_s3_uri(incoming_uri, what="incoming_uri")
@@ -36,7 +53,7 @@ def land_images(store: S3Store, *, incoming_uri: str, dataset_uri: str) -> Lande
     landed = Landed()
     for obj in store.list(incoming):
         relative = obj.key[len(incoming.folder_key) :]
-        if not relative.lower().endswith(IMAGE_EXTENSIONS):
+        if not is_image_key(relative):
             landed.left.append(obj.uri)
             continue
         target = dataset.join(relative)

@@ -6,6 +6,7 @@ from airflow_tl.operators.evaluate import EvaluateOperator
 from airflow_tl.operators.extract import ExtractFeaturesOperator
 from airflow_tl.operators.fetch import FetchPretrainedOperator
 from airflow_tl.operators.train import FreezeAndTrainOperator
+from airflow_tl.operators.wait import WaitForImagesOperator
 
 __all__ = [
     "AssessTransferOperator",
@@ -14,4 +15,5 @@ __all__ = [
     "ExtractFeaturesOperator",
     "FetchPretrainedOperator",
     "FreezeAndTrainOperator",
+    "WaitForImagesOperator",
 ]

@@ -3,6 +3,8 @@ the dataset's Asset, landing nothing emits nothing, and the retraining DAG is sc
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,28 +30,45 @@ def _events(asset_uri: str) -> list[tuple[str, dict]]:
 def test_landing_new_images_emits_the_dataset_asset_and_landing_none_emits_nothing(
     store, bucket, small_target, run_dag, monkeypatch
 ):
-    dataset, incoming = f"s3://{bucket}/datasets/flowers", f"s3://{bucket}/incoming/flowers"
+    dataset, incoming = f"s3://{bucket}/datasets/flowers", f"s3://{bucket}/incoming/[odd] flowers"
     copy_dataset(store, small_target, dataset)
     before = {o.key for o in store.list(dataset)}
-    new = [o for o in store.list(f"{small_target}/train/5")][:3]
-    for number, obj in enumerate(new):
-        store.put_bytes(f"{incoming}/train/5/new-{number}.png", store.get_bytes(obj.uri))
+    image = store.get_bytes(store.list(f"{small_target}/train/5")[0].uri)
+    for number in range(3):
+        store.put_bytes(f"{incoming}/train/5/new-{number}.png", image)
     store.put_bytes(f"{incoming}/README.txt", b"drop images here")
     monkeypatch.setenv("AIRFLOW_TL_RETRAIN_DATASET", dataset)
     monkeypatch.setenv("AIRFLOW_TL_RETRAIN_INCOMING", incoming)
+    monkeypatch.setenv("AIRFLOW_TL_RETRAIN_POKE_INTERVAL", "0.5")
 
-    first = run_dag("tl_land_images")
+    first = run_dag("tl_land_images")  # images already wait: no deferral
     assert first.state == "success", first.failures
+    assert first.xcoms["wait_for_images"] == {"incoming_uri": incoming, "images": 3, "not_images": 1}
     assert first.xcoms["land_new_images"] == {"landed": 3, "not_images": 1, "dataset_uri": dataset}
     added = {o.key for o in store.list(dataset)} - before
     assert added == {f"datasets/flowers/train/5/new-{n}.png" for n in range(3)}
-    assert [o.key for o in store.list(incoming)] == ["incoming/flowers/README.txt"]  # not an image: left alone
+    assert [o.key for o in store.list(incoming)] == ["incoming/[odd] flowers/README.txt"]  # not an image: left
     asset = dataset_asset(dataset).uri
     assert [run for run, _ in _events(asset)] == [first.run_id]
 
-    again = run_dag("tl_land_images")
-    assert again.task_states["land_new_images"] == "skipped"
-    assert [run for run, _ in _events(asset)] == [first.run_id]  # nothing landed, nothing to retrain on
+    # Only the README waits now: the wait defers to the amazon provider's S3KeyTrigger, which fires on the
+    # README; the task finds no image and defers again, until an image arrives while it waits.
+    late = threading.Timer(4, store.put_bytes, (f"{incoming}/train/6/late.png", image))
+    late.start()
+    started = time.monotonic()
+    second = run_dag("tl_land_images")
+    late.join()
+    assert second.state == "success", second.failures
+    assert time.monotonic() - started >= 4  # it waited for the late image
+    assert second.xcoms["land_new_images"]["landed"] == 1
+    assert store.exists(f"{dataset}/train/6/late.png")
+    assert [run for run, _ in _events(asset)] == [first.run_id, second.run_id]
+
+    monkeypatch.setenv("AIRFLOW_TL_RETRAIN_WAIT_TIMEOUT", "1")
+    third = run_dag("tl_land_images")  # the README wakes the wait after its timeout: no image, skipped
+    assert third.state == "success", third.failures
+    assert third.task_states == {"wait_for_images": "skipped", "land_new_images": "skipped"}
+    assert [run for run, _ in _events(asset)] == [first.run_id, second.run_id]  # nothing landed, no retraining
 
 
 def test_the_retraining_dag_is_scheduled_on_the_dataset_asset(monkeypatch):
