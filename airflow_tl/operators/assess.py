@@ -77,6 +77,9 @@ class AssessTransferOperator(TransferLearningBaseOperator):
         self.skip_corrupt = skip_corrupt
         self.output_uri = output_uri
 
+    def lineage_inputs(self) -> list[str | None]:
+        return [self.model_uri, self.dataset_uri]
+
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.assess.task import ADVICE_FILE, assess
@@ -96,5 +99,6 @@ class AssessTransferOperator(TransferLearningBaseOperator):
             skip_corrupt=self.skip_corrupt,
             output_uri=output,
         )
+        self._lineage_outputs = [f"{output}/{ADVICE_FILE}"]
         self.log.info("Recommended strategy: %s (%s). %s", advice.strategy, advice.quadrant, advice.reason)
         return {**advice.summary(), "advice_uri": f"{output}/{ADVICE_FILE}"}

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     import jinja2
     from airflow.sdk import Context
 
+    from airflow_tl.lineage import DatasetRef
     from airflow_tl.storage.s3 import S3Store
+
+    LineageRef = str | DatasetRef | None
 
 
 class TransferLearningBaseOperator(BaseOperator):
@@ -36,11 +39,28 @@ class TransferLearningBaseOperator(BaseOperator):
     template_fields: Sequence[str] = ("aws_conn_id", "work_uri")
     # Arguments that name a place to read or write: checked against [airflow_tl] allowed_uri_prefixes.
     uri_fields: ClassVar[tuple[str, ...]] = ("work_uri",)
+    # What execute wrote, for OpenLineage: most outputs are named only once it ran (run folders, versions).
+    _lineage_outputs: Sequence[LineageRef] = ()
 
     def __init__(self, *, aws_conn_id: str | None = "aws_default", work_uri: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.aws_conn_id = aws_conn_id
         self.work_uri = work_uri
+
+    def lineage_inputs(self) -> list[LineageRef]:
+        """What the task reads, for OpenLineage: URIs or ``DatasetRef``s (None is left out)."""
+        return []
+
+    def lineage_outputs(self) -> list[LineageRef]:
+        """What the task wrote, for OpenLineage: what ``execute`` kept in ``_lineage_outputs``."""
+        return list(self._lineage_outputs)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Inputs and outputs as OpenLineage datasets; the provider's listener asks after a successful execute,
+        in the same process, so ``_lineage_outputs`` is there. None without the provider."""
+        from airflow_tl.lineage import operator_lineage
+
+        return operator_lineage(self.lineage_inputs(), self.lineage_outputs())
 
     @cached_property
     def store(self) -> S3Store:

@@ -35,6 +35,12 @@ class ChooseStrategyOperator(BaseBranchOperator):
         self.strategy = strategy
         self.branches = branches
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The advice it followed as the input (a branch writes nothing); None without the OpenLineage provider."""
+        from airflow_tl.lineage import operator_lineage
+
+        return operator_lineage([self.advice.get("advice_uri") if isinstance(self.advice, dict) else None], [])
+
     def choose_branch(self, context: Context) -> str:
         from airflow_tl.operators.arguments import coerce
         from airflow_tl.pipelines.strategies import STRATEGIES, get_strategy

@@ -115,6 +115,9 @@ class EvaluateOperator(TransferLearningBaseOperator):
         self.version_suffix = version_suffix
         self.context_extra = context_extra
 
+    def lineage_inputs(self) -> list[str | None]:
+        return [self.model_uri, self.dataset_uri]
+
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.evaluation.task import evaluate_and_register
@@ -151,6 +154,11 @@ class EvaluateOperator(TransferLearningBaseOperator):
             candidate=self.version_suffix,
         )
         summary = result.summary()
+        from airflow_tl.lineage import registry_outputs
+
+        self._lineage_outputs = registry_outputs(
+            self.registry_uri, self.model_name, summary["version"], summary["model_uri"], promoted=summary["promoted"]
+        )
         self.log.info(
             "%s: %s; %s (%s)",
             summary["model_uri"],

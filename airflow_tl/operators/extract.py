@@ -68,6 +68,9 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         self.split_seed = split_seed
         self.layout = layout
 
+    def lineage_inputs(self) -> list[str | None]:
+        return [self.model_uri, self.dataset_uri]
+
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.data.dataset import list_dataset
@@ -84,6 +87,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
             threads=self.threads,
             skip_corrupt=self.skip_corrupt,
         )
+        self._lineage_outputs = [result.uri]
         summary = result.summary()
         self.log.info(
             "Features %s (%s): %s; %d-dim%s",

@@ -75,6 +75,10 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         self.weights_mirror = weights_mirror
         self.output_uri = output_uri
 
+    def lineage_inputs(self) -> list[str | None]:
+        # Without a source the architecture is torchvision's, as the card's lineage records it.
+        return [self.pretrained_uri or (self.architecture and f"torchvision://{self.architecture}")]
+
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.pretrained.fetch import FetchSpec, fetch_pretrained
@@ -94,6 +98,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         source = redact(spec.pretrained_uri) or spec.architecture
         self.log.info("Fetching %s (init=%s) into %s", source, spec.init, output_uri)
         result = fetch_pretrained(spec, store=self.store, output_uri=output_uri)
+        self._lineage_outputs = [result.uri]
         summary = result.summary()
         self.log.info(
             "Model folder %s: %s, %d classes, %d blocks (%s), sha256 %s%s",

@@ -64,6 +64,8 @@ class TournamentOperator(TransferLearningBaseOperator):
     )
     uri_fields = (*TransferLearningBaseOperator.uri_fields, "dataset_uri", "registry_uri", "output_uri")
     ui_color = "#f6e0d0"
+    # The registered versions of the contenders that finished: what was compared (set by execute).
+    _compared: Sequence[str | None] = ()
 
     def __init__(
         self,
@@ -110,7 +112,8 @@ class TournamentOperator(TransferLearningBaseOperator):
         prepare_torch_runtime()
         from airflow.sdk import Asset
 
-        from airflow_tl.evaluation.tournament import Contender, run_tournament
+        from airflow_tl.evaluation.tournament import TOURNAMENT_FILE, Contender, run_tournament
+        from airflow_tl.lineage import registry_outputs
         from airflow_tl.registry.promotion import Gate
 
         ti = context["ti"]
@@ -137,6 +140,11 @@ class TournamentOperator(TransferLearningBaseOperator):
             output_uri=output,
         )
         summary = result.summary()
+        self._compared = [c.model_uri for c in contenders if c.finished]
+        champion = registry_outputs(
+            self.registry_uri, self.model_name, summary["version"], None, promoted=summary["promoted"]
+        )
+        self._lineage_outputs = [f"{output}/{TOURNAMENT_FILE}", *champion]
         self.log.info(
             "Winner %s (%s %.4f): %s (%s)",
             summary["winner"], summary["metric"], summary["score"],
@@ -148,6 +156,9 @@ class TournamentOperator(TransferLearningBaseOperator):
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = extra
         return {**summary, "report_uri": f"{output}/tournament.html"}
+
+    def lineage_inputs(self) -> list[str | None]:
+        return [self.dataset_uri, *self._compared]
 
     def _error(self, ti: Any, strategy: str) -> str | None:
         """The first error recorded by one of ``strategy``'s tasks in this run."""

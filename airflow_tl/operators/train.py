@@ -144,6 +144,10 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.threads = threads
         self.layout = layout
 
+    def lineage_inputs(self) -> list[str | None]:
+        # A head fitted on features never opens an image: the features are what it read.
+        return [self.model_uri, self.features_uri or self.dataset_uri]
+
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.training.config import TrainConfig
@@ -185,6 +189,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             threads=self.threads,
             layout=self.layout,
         )
+        self._lineage_outputs = [output_uri]  # checkpoints are the run's scratch, not a product
         summary = result.summary()
         self.log.info(
             "Trained %s: best epoch %d of %d, val loss %.4f, val accuracy %.3f, %s trainable parameters",
