@@ -39,6 +39,13 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def _wait_for(what: str, probe, timeout: float = 240):
     deadline = time.monotonic() + timeout
     while not (found := probe()):
@@ -107,7 +114,12 @@ def test_make_airflow_serves_the_dashboard_on_loopback_and_ctrl_c_stops_everythi
             time.sleep(0.5)
         assert _processes_with(f"AIRFLOW_HOME={home}") == [], "processes left running after Ctrl-C"
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        for pid in _processes_with(f"AIRFLOW_HOME={home}"):
-            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:  # the test failed while Airflow was up: let it clean up as on Ctrl-C
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        # By process group: the executor's workers retitle themselves over their environment, hiding the marker.
+        for group in {_group_of(pid) for pid in _processes_with(f"AIRFLOW_HOME={home}")} - {None, os.getpgrp()}:
+            os.killpg(group, signal.SIGKILL)
