@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# pip, not uv: pip takes the torch/torchvision pair from this machine's wheels instead of a CUDA download.
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# setuptools leaves build metadata here; on sys.path (python -m from this folder) it lists our plugin a
+	# second time, and Airflow's task-side plugin loader then drops the plugins after it (OpenLineage's listener).
+	rm -rf airflow_tl.egg-info
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -21,6 +21,7 @@ from airflow_tl.assess.advice import Advice, Thresholds, advise, similarity_axis
 from airflow_tl.assess.probe import probe_accuracy, skill
 from airflow_tl.assess.scores import leep, leep_relative, logme, logme_baseline
 from airflow_tl.data.dataset import DatasetError, ImageDataset, list_dataset
+from airflow_tl.devices import placement
 from airflow_tl.exceptions import InvalidArgumentError
 from airflow_tl.features.extract import cache_key, extract_features, load_split, read_cached_index
 from airflow_tl.models.architectures import head_prefixes
@@ -58,11 +59,13 @@ def assess(
     skip_corrupt: bool = False,
     thresholds: Thresholds | None = None,
     output_uri: str | None = None,
+    device: str = "auto",
 ) -> Advice:
     """Advise which strategy fits ``dataset_uri`` with ``model_uri``; write ``advice.json`` under ``output_uri``."""
     if not isinstance(max_images, int) or isinstance(max_images, bool) or max_images < 1:
         raise InvalidArgumentError(f"Argument max_images must be a positive integer. Provided value: {max_images!r}.")
     thresholds = thresholds or Thresholds.from_settings()
+    place = placement(device)
     started = time.monotonic()
     dataset = list_dataset(store, dataset_uri, seed=seed, layout=layout)
     train_counts = _train_counts(dataset)
@@ -71,7 +74,7 @@ def assess(
     folder = functools.cache(lambda: load_model_folder(store, model_uri))
     sample = _sample_features(
         store, card, folder, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size,
-        threads, skip_corrupt,
+        threads, skip_corrupt, place,
     )  # fmt: skip
     scores, notes = _scores(card, folder, model_uri, sample, dataset.class_names, seed)
     size = size_axis(train_counts, thresholds)
@@ -151,7 +154,7 @@ def _rank(seed: int, key: str) -> str:
 
 def _sample_features(
     store, card, folder, model_uri, dataset, train_counts, features_root, max_images, seed, batch_size, threads,
-    skip_corrupt,
+    skip_corrupt, place,
 ) -> Sample:  # fmt: skip
     root = parse_s3_uri(features_root, what="features_root")
     full = str(root.join(cache_key(card, dataset, skip_corrupt=skip_corrupt)))
@@ -169,6 +172,7 @@ def _sample_features(
     result = extract_features(
         store, model_uri=model_uri, dataset=dataset.only(keys), features_root=features_root,
         batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt, model_folder=folder(),
+        place=place,
     )  # fmt: skip
     index = read_cached_index(store, result.uri)
     x, y = load_split(store, result.uri, index, "train")

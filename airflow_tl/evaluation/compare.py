@@ -12,6 +12,7 @@ import logging
 
 from airflow_tl.data.dataset import ImageDataset
 from airflow_tl.data.manifest import read_manifest
+from airflow_tl.devices import Placement
 from airflow_tl.evaluation.metrics import compute_metrics
 from airflow_tl.evaluation.predict import Predictions, predict
 from airflow_tl.models.folder import read_card
@@ -32,6 +33,7 @@ def compare_with_champion(
     gate: Gate,
     batch_size: int = 64,
     threads: int = 8,
+    place: Placement | None = None,
 ) -> Comparison:
     """Score ``champion`` and the candidate's ``predictions`` on the test images both may be judged on."""
     uri = registry.version_uri(champion.version)
@@ -55,7 +57,9 @@ def compare_with_champion(
     if not unseen:
         return Comparison(0, None, None, excluded=excluded, note=note)
 
-    theirs = predict(store, uri, dataset.only(unseen), batch_size=batch_size, threads=threads, skip_corrupt=True)
+    theirs = predict(
+        store, uri, dataset.only(unseen), batch_size=batch_size, threads=threads, skip_corrupt=True, place=place
+    )
     both = set(theirs.keys)
     ours = candidate.only(both)
     score = _score(ours, gate)

@@ -9,6 +9,7 @@ import torch
 
 from airflow_tl.data.dataset import DatasetError, ImageDataset
 from airflow_tl.data.loader import ImageStream
+from airflow_tl.devices import Placement, cpu
 from airflow_tl.models.folder import instantiate, load_model_folder
 from airflow_tl.storage.s3 import S3Store
 
@@ -47,8 +48,10 @@ def predict(
     batch_size: int = 64,
     threads: int = 8,
     skip_corrupt: bool = False,
+    place: Placement | None = None,
 ) -> Predictions:
-    """Run the model (eval mode, no autograd) over every image of ``split``."""
+    """Run the model (eval mode, no autograd) over every image of ``split``, on ``place`` (default the CPU)."""
+    place = place or cpu()
     if not dataset.split(split):
         raise DatasetError(
             f"Dataset {dataset.uri} has no {split} images; add a {split}/ folder or more images per class."
@@ -60,14 +63,16 @@ def predict(
             f"The {split} split of {dataset.uri} has classes that model {model_uri} does not know: "
             f"{', '.join(unknown)}. The model predicts {', '.join(card.class_names)}."
         )
-    model = instantiate(card, state_dict, source=model_uri).eval()
+    model = place.model(instantiate(card, state_dict, source=model_uri).eval())
     # Dataset labels index the dataset's sorted classes; the metrics need the model's order.
     to_model = torch.tensor([card.class_names.index(c) if c in card.class_names else -1 for c in dataset.class_names])
     stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
     probs, labels, keys = [], [], []
     with torch.inference_mode():
         for batch in stream.batches(split):
-            probs.append(torch.softmax(model(batch.x).float(), dim=1))
+            with place.autocast():
+                logits = model(*place.batch(batch.x))
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
             labels.append(to_model[batch.y])
             keys += batch.keys
     if not probs:

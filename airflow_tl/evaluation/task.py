@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow_tl.data.dataset import check_unchanged, list_dataset
 from airflow_tl.data.manifest import read_manifest
+from airflow_tl.devices import placement
 from airflow_tl.evaluation.compare import compare_with_champion
 from airflow_tl.evaluation.metrics import Metrics, compute_metrics
 from airflow_tl.evaluation.predict import predict
@@ -74,6 +75,7 @@ def evaluate_and_register(
     skip_corrupt: bool = False,
     context: dict[str, Any] | None = None,
     candidate: str | None = None,
+    device: str = "auto",
 ) -> EvaluationResult:
     """``context`` (dag_id, run_id, strategy, ...) is recorded in the version, the pointer and the history.
 
@@ -86,10 +88,13 @@ def evaluate_and_register(
             "Argument version is needed outside a DAG run: a version is named after the run's dag_id and run_id, and "
             f"the context has neither. Provided context: {context!r}."
         )
+    place = placement(device)
     registry = Registry(store, registry_uri, model_name)
     card, dataset = _test_listing(store, model_uri, dataset_uri, seed, layout)
     started = time.monotonic()
-    predictions = predict(store, model_uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
+    predictions = predict(
+        store, model_uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt, place=place
+    )
     metrics = compute_metrics(predictions.probs, predictions.labels, predictions.class_names)
     log.info(
         "Test split of %s: %s (%.1fs)",
@@ -100,7 +105,7 @@ def evaluate_and_register(
     if version is None:
         version = allocate_version(registry, dag_id=context["dag_id"], run_id=context["run_id"], candidate=candidate)
 
-    compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads)
+    compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads, place)
     state = registry.champion()
     before = state.champion
     at_evaluation = compare(before) if before is not None else None
@@ -163,6 +168,7 @@ def gate_registered(
     batch_size: int = 64,
     threads: int = 8,
     context: dict[str, Any] | None = None,
+    device: str = "auto",
 ) -> Decision:
     """Run the gate for a version already registered with ``promote=False`` (a tournament's winner).
 
@@ -171,10 +177,11 @@ def gate_registered(
     """
     registry = Registry(store, registry_uri, model_name)
     uri = registry.version_uri(version)
+    place = placement(device)
     _, dataset = _test_listing(store, uri, dataset_uri, seed, layout)
-    predictions = predict(store, uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=True)
+    predictions = predict(store, uri, dataset, batch_size=batch_size, threads=threads, skip_corrupt=True, place=place)
     metrics = compute_metrics(predictions.probs, predictions.labels, predictions.class_names)
-    compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads)
+    compare = _comparer(store, registry, predictions, dataset, gate, batch_size, threads, place)
     return _promote(registry, version, metrics, gate, compare, context or {})
 
 
@@ -201,7 +208,7 @@ def _promote(registry, version, metrics, gate, compare, context) -> Decision:
     )
 
 
-def _comparer(store, registry, predictions, dataset, gate, batch_size, threads):
+def _comparer(store, registry, predictions, dataset, gate, batch_size, threads, place):
     """``compare(champion)``: the candidate against a champion on images neither has seen, once per champion."""
     comparisons: dict[str, Comparison] = {}
 
@@ -209,7 +216,7 @@ def _comparer(store, registry, predictions, dataset, gate, batch_size, threads):
         if champion.version not in comparisons:
             comparisons[champion.version] = compare_with_champion(
                 store, registry, champion, candidate=predictions, dataset=dataset, gate=gate,
-                batch_size=batch_size, threads=threads,
+                batch_size=batch_size, threads=threads, place=place,
             )  # fmt: skip
         return comparisons[champion.version]
 

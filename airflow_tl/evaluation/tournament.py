@@ -111,6 +111,7 @@ def run_tournament(
     threads: int = 8,
     context: dict[str, Any] | None = None,
     output_uri: str | None = None,
+    device: str = "auto",
 ) -> TournamentResult:
     """Rank ``contenders``, gate the winner, write the report under ``output_uri``."""
     ranked = rank(contenders, gate.metric)
@@ -134,7 +135,7 @@ def run_tournament(
     )  # fmt: skip
     decision = gate_registered(
         store, registry_uri=registry_uri, model_name=model_name, version=winner.version, dataset_uri=dataset_uri,
-        gate=gate, seed=seed, layout=layout, batch_size=batch_size, threads=threads,
+        gate=gate, seed=seed, layout=layout, batch_size=batch_size, threads=threads, device=device,
         context={**(context or {}), "strategy": winner.strategy, "tournament": [c.strategy for c in ranked]},
     )  # fmt: skip
     advice_won = None if advised is None else _ties(ranked, advised, gate.metric)

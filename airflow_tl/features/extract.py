@@ -25,6 +25,7 @@ from airflow_tl.data.dataset import SPLITS, ImageDataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE
 from airflow_tl.data.preprocess import PIXELS_VERSION
+from airflow_tl.devices import Placement, cpu
 from airflow_tl.exceptions import InvalidArgumentError, ObjectNotFoundError
 from airflow_tl.features.backbone import as_feature_extractor
 from airflow_tl.models.card import ModelCard
@@ -81,12 +82,16 @@ def extract_features(
     skip_corrupt: bool = False,
     shard_rows: int = 8192,
     model_folder: tuple[dict[str, torch.Tensor], ModelCard] | None = None,
+    place: Placement | None = None,
 ) -> FeatureResult:
     """Features of every image under ``<features_root>/<cache key>/``, computed only when not cached.
 
     ``model_folder`` is ``load_model_folder(store, model_uri)`` when the caller has already read it (the
     assessment needs the source's head too): a large model's weights are then read from S3 once, not twice.
+    ``place`` is where the network runs (the CPU by default); features are stored as float32 either way, and
+    the cache key leaves the device out: features agree across devices to autocast's tolerance.
     """
+    place = place or cpu()
     card = model_folder[1] if model_folder is not None else read_card(store, model_uri)
     folder = parse_s3_uri(features_root, what="features_root").join(cache_key(card, dataset, skip_corrupt=skip_corrupt))
     cached = _read_index(store, str(folder))
@@ -98,6 +103,7 @@ def extract_features(
 
     state_dict, card = model_folder if model_folder is not None else load_model_folder(store, model_uri)
     model, dim = as_feature_extractor(instantiate(card, state_dict, source=model_uri), card.architecture)
+    place.model(model)
     stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
     log.info(
         "Feature cache miss: extracting %d-dim features of %s with %s into %s", dim, dataset.uri, model_uri, folder
@@ -115,8 +121,8 @@ def extract_features(
 
     # One stream over all splits, so loading never pauses at a split boundary.
     for batch in stream.batches(SPLITS):
-        with torch.inference_mode():
-            pending[batch.split][0].append(model(batch.x).float())
+        with torch.inference_mode(), place.autocast():
+            pending[batch.split][0].append(model(*place.batch(batch.x)).float().cpu())
         pending[batch.split][1].append(batch.y)
         passes += 1
         counts[batch.split] += len(batch.y)
@@ -143,6 +149,7 @@ def extract_features(
         "shards": shards,
         "skipped_corrupt": sorted(stream.skipped),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": place.describe(),
     }
     store.put_bytes(folder.join(INDEX_FILE), json.dumps(index, indent=2).encode(), content_type="application/json")
     return FeatureResult(str(folder), False, counts, dim, passes, round(rate, 1), sorted(stream.skipped))

@@ -30,6 +30,8 @@ class AssessTransferOperator(TransferLearningBaseOperator):
     :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
     :param batch_size: images per forward pass. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
+    :param device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the
+        network runs there, under autocast on CUDA. ``"cuda"`` without a GPU fails at once. (templated)
     :param skip_corrupt: leave out images that cannot be decoded instead of failing. (templated)
     :param output_uri: folder for ``advice.json``; default the task's run prefix under ``work_uri``. (templated)
     """
@@ -44,6 +46,7 @@ class AssessTransferOperator(TransferLearningBaseOperator):
         "layout",
         "batch_size",
         "threads",
+        "device",
         "skip_corrupt",
         "output_uri",
     )
@@ -61,6 +64,7 @@ class AssessTransferOperator(TransferLearningBaseOperator):
         layout: str = "auto",
         batch_size: int = 64,
         threads: int = 8,
+        device: str = "auto",
         skip_corrupt: bool = False,
         output_uri: str | None = None,
         **kwargs: Any,
@@ -74,6 +78,7 @@ class AssessTransferOperator(TransferLearningBaseOperator):
         self.layout = layout
         self.batch_size = batch_size
         self.threads = threads
+        self.device = device
         self.skip_corrupt = skip_corrupt
         self.output_uri = output_uri
 
@@ -96,6 +101,7 @@ class AssessTransferOperator(TransferLearningBaseOperator):
             max_images=self.max_images,
             batch_size=self.batch_size,
             threads=self.threads,
+            device=self.device,
             skip_corrupt=self.skip_corrupt,
             output_uri=output,
         )

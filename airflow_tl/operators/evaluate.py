@@ -40,6 +40,8 @@ class EvaluateOperator(TransferLearningBaseOperator):
     :param batch_size: images per forward pass. (templated)
     :param skip_corrupt: leave out test images that cannot be decoded instead of failing. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
+    :param device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the
+        network runs there, under autocast on CUDA. ``"cuda"`` without a GPU fails at once. (templated)
     :param version: a version name of your own instead of the next ``v<n>`` (which stays reserved for
         allocated names); a retry rewrites it. (templated)
     :param version_suffix: names this candidate, so several candidates of one run (a tournament's contenders)
@@ -64,6 +66,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         "batch_size",
         "skip_corrupt",
         "threads",
+        "device",
         "version",
         "version_suffix",
         "context_extra",
@@ -90,6 +93,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         batch_size: int = 64,
         skip_corrupt: bool = False,
         threads: int = 8,
+        device: str = "auto",
         version: str | None = None,
         version_suffix: str | None = None,
         context_extra: dict[str, Any] | None = None,
@@ -111,6 +115,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
         self.batch_size = batch_size
         self.skip_corrupt = skip_corrupt
         self.threads = threads
+        self.device = device
         self.version = version
         self.version_suffix = version_suffix
         self.context_extra = context_extra
@@ -149,6 +154,7 @@ class EvaluateOperator(TransferLearningBaseOperator):
             layout=self.layout,
             batch_size=self.batch_size,
             threads=self.threads,
+            device=self.device,
             skip_corrupt=self.skip_corrupt,
             context={**run, **(self.context_extra or {})},
             candidate=self.version_suffix,

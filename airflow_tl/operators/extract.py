@@ -25,6 +25,8 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         so the cache works across runs. (templated)
     :param batch_size: images per forward pass. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
+    :param device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the
+        network runs there, under autocast on CUDA. ``"cuda"`` without a GPU fails at once. (templated)
     :param skip_corrupt: leave out images that cannot be decoded (counted in the log and XCom)
         instead of failing with their keys. (templated)
     :param split_seed: seed of the split when the dataset has no train/val/test folders. (templated)
@@ -38,6 +40,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         "features_root",
         "batch_size",
         "threads",
+        "device",
         "skip_corrupt",
         "split_seed",
         "layout",
@@ -53,6 +56,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         features_root: str | None = None,
         batch_size: int = 64,
         threads: int = 8,
+        device: str = "auto",
         skip_corrupt: bool = False,
         split_seed: int = 0,
         layout: str = "auto",
@@ -64,6 +68,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         self.features_root = features_root
         self.batch_size = batch_size
         self.threads = threads
+        self.device = device
         self.skip_corrupt = skip_corrupt
         self.split_seed = split_seed
         self.layout = layout
@@ -74,8 +79,10 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.data.dataset import list_dataset
+        from airflow_tl.devices import placement
         from airflow_tl.features.extract import extract_features
 
+        place = placement(self.device)  # first: a missing GPU fails before anything is listed or read
         root = self.features_folder(self.features_root)
         dataset = list_dataset(self.store, self.dataset_uri, seed=self.split_seed, layout=self.layout)
         result = extract_features(
@@ -85,6 +92,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
             features_root=root,
             batch_size=self.batch_size,
             threads=self.threads,
+            place=place,
             skip_corrupt=self.skip_corrupt,
         )
         self._lineage_outputs = [result.uri]

@@ -40,6 +40,8 @@ class TournamentOperator(TransferLearningBaseOperator):
     :param layout: ``"auto"``, ``"splits"`` or ``"classes"``. (templated)
     :param batch_size: images per forward pass. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
+    :param device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the
+        network runs there, under autocast on CUDA. ``"cuda"`` without a GPU fails at once. (templated)
     :param output_uri: folder for the report; default the task's run prefix under ``work_uri``. (templated)
     """
 
@@ -60,6 +62,7 @@ class TournamentOperator(TransferLearningBaseOperator):
         "layout",
         "batch_size",
         "threads",
+        "device",
         "output_uri",
     )
     uri_fields = (*TransferLearningBaseOperator.uri_fields, "dataset_uri", "registry_uri", "output_uri")
@@ -86,6 +89,7 @@ class TournamentOperator(TransferLearningBaseOperator):
         layout: str = "auto",
         batch_size: int = 64,
         threads: int = 8,
+        device: str = "auto",
         output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -106,6 +110,7 @@ class TournamentOperator(TransferLearningBaseOperator):
         self.layout = layout
         self.batch_size = batch_size
         self.threads = threads
+        self.device = device
         self.output_uri = output_uri
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -136,6 +141,7 @@ class TournamentOperator(TransferLearningBaseOperator):
             layout=self.layout,
             batch_size=self.batch_size,
             threads=self.threads,
+            device=self.device,
             context={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number},
             output_uri=output,
         )

@@ -51,6 +51,8 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     :param output_uri: model folder to write; default ``<run prefix>/model``. (templated)
     :param checkpoint_uri: checkpoint folder; default ``<run prefix>/checkpoints``. (templated)
     :param threads: parallel S3 GETs and decodes. (templated)
+    :param device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the
+        network runs there, under autocast on CUDA. ``"cuda"`` without a GPU fails at once. (templated)
     :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
     """
 
@@ -78,6 +80,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "output_uri",
         "checkpoint_uri",
         "threads",
+        "device",
         "layout",
     )
     uri_fields = (
@@ -116,6 +119,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         output_uri: str | None = None,
         checkpoint_uri: str | None = None,
         threads: int = 8,
+        device: str = "auto",
         layout: str = "auto",
         **kwargs: Any,
     ) -> None:
@@ -142,6 +146,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.output_uri = output_uri
         self.checkpoint_uri = checkpoint_uri
         self.threads = threads
+        self.device = device
         self.layout = layout
 
     def lineage_inputs(self) -> list[str | None]:
@@ -187,6 +192,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             reset_head=self.reset_head,
             skip_corrupt=self.skip_corrupt,
             threads=self.threads,
+            device=self.device,
             layout=self.layout,
         )
         self._lineage_outputs = [output_uri]  # checkpoints are the run's scratch, not a product

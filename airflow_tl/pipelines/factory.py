@@ -28,6 +28,7 @@ SETTINGS = (
     "dataset_uri", "pretrained_uri", "architecture", "image_size", "registry_uri", "model_name", "work_uri",
     "epochs", "batch_size", "learning_rate", "patience", "seed", "freeze_layers", "augment", "skip_corrupt",
     "gate_metric", "min_improvement", "min_score", "min_test_images", "on_class_change", "layout", "lp_ft",
+    "device",
 )  # fmt: skip
 TIMEOUTS = {
     "fetch_pretrained": timedelta(hours=1),
@@ -187,6 +188,7 @@ def strategy_tasks(
             layout=s["layout"],
             batch_size=s["batch_size"],
             skip_corrupt=s["skip_corrupt"],
+            device=s["device"],
             execution_timeout=timeouts["extract_features"],
             **common,
         )
@@ -205,6 +207,7 @@ def strategy_tasks(
         seed=s["seed"],
         layout=s["layout"],
         skip_corrupt=s["skip_corrupt"],
+        device=s["device"],
         execution_timeout=timeouts["train"],
         **train_inputs,
         **common,
@@ -224,6 +227,7 @@ def strategy_tasks(
         layout=s["layout"],
         batch_size=s["batch_size"],
         skip_corrupt=s["skip_corrupt"],
+        device=s["device"],
         outlets=outlets or [],
         execution_timeout=timeouts["evaluate"],
         **{"context_extra": {"strategy": spec.name}, **evaluate},

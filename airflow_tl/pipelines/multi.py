@@ -102,6 +102,7 @@ def build_tournament_dag(dag_id: str = "tl_tournament", **kwargs: Any) -> DAG:
             on_class_change=s["on_class_change"],
             seed=s["seed"],
             layout=s["layout"],
+            device=s["device"],
             work_uri=s["work_uri"],
             trigger_rule="all_done",
             outlets=[asset],
@@ -153,6 +154,7 @@ def _assess(timeouts: dict[str, timedelta]) -> AssessTransferOperator:
         seed=s["seed"],
         layout=s["layout"],
         skip_corrupt=s["skip_corrupt"],
+        device=s["device"],
         work_uri=s["work_uri"],
         execution_timeout=timeouts["assess"],
     )

@@ -42,6 +42,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "min_test_images": 50,
     "on_class_change": "keep",
     "layout": "auto",
+    "device": "auto",
 }
 
 
@@ -147,6 +148,13 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
     params |= {
         "skip_corrupt": Param(
             d["skip_corrupt"], type="boolean", description="leave out images that cannot be decoded instead of failing"
+        ),
+        "device": Param(
+            d["device"],
+            type="string",
+            pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+            description="where the network runs: 'auto' (CUDA when the worker has it, else the CPU), 'cpu', "
+            "'cuda' or 'cuda:N'; 'cuda' on a worker without a GPU fails at once",
         ),
         "gate_metric": Param(d["gate_metric"], enum=GATE_METRICS, description="test metric the champion is judged on"),
         "min_improvement": Param(

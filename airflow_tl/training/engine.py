@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from airflow_tl.devices import Placement, cpu
 from airflow_tl.exceptions import PermanentError
 from airflow_tl.models.card import Block
 from airflow_tl.models.freezing import train_mode
@@ -59,38 +60,79 @@ def train_one_epoch(
     frozen: list[str],
     epoch: int,
     on_step: Callable[[int, float], None] | None = None,
+    place: Placement | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the training batches; returns (mean loss, accuracy, images)."""
+    """One pass over the training batches; returns (mean loss, accuracy, images).
+
+    Loss and accuracy add up on the device. Reading them makes the host wait for the GPU, so on CUDA the
+    divergence check and ``on_step`` come every ``SYNC_EVERY`` steps; on the CPU, every step.
+    """
+    place = place or cpu()
+    every = SYNC_EVERY if place.is_cuda else 1
     train_mode(model, frozen)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=place.device)
+    correct = torch.zeros((), dtype=torch.int64, device=place.device)
+    seen = step = checked = 0
     for step, (x, y) in enumerate(batches, start=1):
-        logits = model(x)
-        loss = criterion(logits, y)
-        if not torch.isfinite(loss):
+        x, y = place.batch(x, y)
+        with place.autocast():
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        if every == 1 and not torch.isfinite(loss):  # before the step: the weights stay finite
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if on_step is not None:
-            on_step(seen, total_loss / seen)
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+        if step % every == 0:
+            _check_finite(total_loss, seen, epoch, checked + 1, step, on_step)
+            checked = step
+    if step > checked:
+        _check_finite(total_loss, seen, epoch, checked + 1, step, on_step)
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
 
 
-def evaluate(model: nn.Module, criterion: nn.Module, batches: Batches) -> tuple[float, float, int]:
+# Steps between two reads of the running loss on a GPU: each read stalls the host until the GPU catches up.
+SYNC_EVERY = 25
+
+
+def _check_finite(total: torch.Tensor, seen: int, epoch: int, first: int, last: int, on_step) -> None:
+    """Raise when the loss summed up to step ``last`` stopped being finite; else report progress."""
+    value = total.item()
+    if not math.isfinite(value):
+        where = f"step {last}" if first == last else f"between steps {first} and {last}"
+        raise TrainingDivergedError(f"loss became {value} at epoch {epoch}, {where}")
+    if on_step is not None and seen:
+        on_step(seen, value / seen)
+
+
+def evaluate(
+    model: nn.Module, criterion: nn.Module, batches: Batches, place: Placement | None = None
+) -> tuple[float, float, int]:
     """Mean loss and accuracy over the batches, in eval mode without autograd."""
+    place = place or cpu()
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=place.device)
+    correct = torch.zeros((), dtype=torch.int64, device=place.device)
+    seen = 0
     with torch.inference_mode():
         for x, y in batches:
-            logits = model(x)
-            total_loss += criterion(logits, y).item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            x, y = place.batch(x, y)
+            with place.autocast():
+                logits = model(x)
+            total_loss += criterion(logits.float(), y) * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
 
 
 def fit(
@@ -103,10 +145,17 @@ def fit(
     frozen: list[str],
     checkpoints: CheckpointStore | None,
     fingerprint: str,
+    place: Placement | None = None,
 ) -> FitResult:
-    """Train for ``config.epochs`` (or until early stopping), resuming from a matching checkpoint."""
+    """Train for ``config.epochs`` (or until early stopping), resuming from a matching checkpoint.
+
+    ``model`` moves to ``place`` (the CPU by default); checkpoints hold CPU tensors wherever it trained.
+    """
+    place = place or cpu()
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    place.model(model)  # before the optimizer is built: it holds the parameters of the device they live on
+    scaler = place.grad_scaler()
     optimizer = build_optimizer(param_groups(model, blocks, head, config), config)
     steps = math.ceil(source.train_size / config.batch_size)
     scheduler = cosine_with_warmup(
@@ -137,6 +186,8 @@ def fit(
                 frozen=frozen,
                 epoch=epoch,
                 on_step=progress,
+                place=place,
+                scaler=scaler,
             )
         except TrainingDivergedError as err:
             kept = (
@@ -148,7 +199,7 @@ def fit(
                 f"Training diverged: {err}; {kept}. "
                 f"Lower learning_rate (now {config.learning_rate:g}) or check the data."
             ) from None
-        val_loss, val_acc, _ = evaluate(model, criterion, source.val_batches())
+        val_loss, val_acc, _ = evaluate(model, criterion, source.val_batches(), place)
         seconds = time.monotonic() - epoch_started
         if not math.isfinite(val_loss):
             raise TrainingDivergedError(f"Training diverged: validation loss became {val_loss} at epoch {epoch}.")

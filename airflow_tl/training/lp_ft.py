@@ -16,13 +16,21 @@ import torch
 from torch import nn
 
 from airflow_tl.data.loader import ImageStream
+from airflow_tl.devices import Placement, cpu
 from airflow_tl.training.head import fit_linear_head
 
 log = logging.getLogger(__name__)
 
 
 def linear_probe_head(
-    model: nn.Module, head: str, stream: ImageStream, *, num_classes: int, seed: int, class_names: list[str]
+    model: nn.Module,
+    head: str,
+    stream: ImageStream,
+    *,
+    num_classes: int,
+    seed: int,
+    class_names: list[str],
+    place: Placement | None = None,
 ) -> dict[str, Any]:
     """Fit ``model``'s linear ``head`` (a module name) on the frozen features of the train split, in place.
 
@@ -37,8 +45,9 @@ def linear_probe_head(
         raise InvalidArgumentError(
             f"lp_ft needs a single linear head to probe; this model's head {head!r} is a {type(module).__name__}."
         )
+    place = place or cpu()
     captured: list[torch.Tensor] = []
-    hook = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().float()))
+    hook = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().float().cpu()))
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     model.eval()
     try:
@@ -47,7 +56,8 @@ def linear_probe_head(
             for split in ("train", "val"):
                 labels = []
                 for batch in stream.batches(split):
-                    model(batch.x)
+                    with place.autocast():
+                        model(*place.batch(batch.x))
                     labels.append(batch.y)
                 xs, captured[:] = captured[:], []
                 features[split] = (torch.cat(xs), torch.cat(labels)) if labels else None

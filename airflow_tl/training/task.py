@@ -21,6 +21,7 @@ from torch import nn
 from airflow_tl.data.dataset import class_mapping, list_dataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE, read_manifest
+from airflow_tl.devices import Placement, cpu, placement
 from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
 from airflow_tl.features.extract import load_split, read_features_index
 from airflow_tl.models.architectures import build_model, load_weights
@@ -87,12 +88,15 @@ def train(
     threads: int = 8,
     cache_bytes: int = 512 * 2**20,
     layout: str = "auto",
+    device: str = "auto",
 ) -> TrainResult:
     """Train ``model_uri`` on a dataset (or on cached features) into a model folder at ``output_uri``.
 
     The folder also holds the data manifest: which images (key, ETag) were trained, validated and held out
-    for testing, so the gate can later compare models only on images neither has seen.
+    for testing, so the gate can later compare models only on images neither has seen. ``device`` is where
+    the network runs (``airflow_tl.devices``); the card records it under ``training.device``.
     """
+    place = placement(device)  # first: a machine without the GPU asked for fails before reading anything
     if reset_head not in ("auto", True, False):
         raise InvalidArgumentError(
             f"Argument reset_head accepts only 'auto', True and False. Provided value: {reset_head!r}."
@@ -103,19 +107,22 @@ def train(
                 f"A features_uri trains the head alone, which needs freeze_layers='all'; got {config.freeze_layers!r}."
             )
         # No checkpoints: the fit takes seconds, and a retry refits the same head from the cached features.
+        # The head's L-BFGS fit runs on the CPU: a few thousand feature rows gain nothing from a GPU.
         return _train_head_on_features(store, model_uri, features_uri, config, output_uri)
     if not dataset_uri:
         raise InvalidArgumentError("Give dataset_uri (images) or, with freeze_layers='all', features_uri.")
     checkpoints = CheckpointStore(store, checkpoint_uri) if checkpoint_uri else None
     dataset = list_dataset(store, dataset_uri, seed=config.seed, layout=layout)
     return _train_on_images(
-        store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
-    )
+        store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes,
+        place,
+    )  # fmt: skip
 
 
 def _train_on_images(
-    store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes
-) -> TrainResult:
+    store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes,
+    place: Placement,
+) -> TrainResult:  # fmt: skip
     if config.init == "pretrained":
         state_dict, card = load_model_folder(store, model_uri)
     else:
@@ -139,7 +146,8 @@ def _train_on_images(
         skip_corrupt=skip_corrupt,
         cache_bytes=cache_bytes,
     )
-    probe = _linear_probe_first(model, card, config, stream, classes, new_head)
+    place.model(model)
+    probe = _linear_probe_first(model, card, config, stream, classes, new_head, place)
     frozen = freeze_first(model, card.blocks, k)
     without_autograd(model, frozen)
     trainable, total = _count(model)
@@ -158,6 +166,7 @@ def _train_on_images(
         frozen=frozen,
         checkpoints=checkpoints,
         fingerprint=fingerprint,
+        place=place,
     )
     lineage = {"dataset_uri": dataset.uri, "dataset_fingerprint": dataset.fingerprint(), "new_head": new_head}
     training = {
@@ -169,6 +178,7 @@ def _train_on_images(
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from,
         "train_seconds": round(result.seconds, 1),
+        "device": place.describe(),
         **({"linear_probe": probe} if probe else {}),
     }
     out = _write(
@@ -221,6 +231,7 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri) 
         "trainable_params": trainable,
         "total_params": total,
         "train_seconds": round(head.seconds, 1),
+        "device": cpu().describe(),
     }
     result = _as_fit_result(head)
     # The features' manifest, checked against their index; it serialises to the very bytes it was read from.
@@ -229,7 +240,7 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri) 
     return TrainResult(output_uri, out, result, trainable, total, len(index.get("skipped_corrupt", [])), head)
 
 
-def _linear_probe_first(model, card, config, stream, classes, new_head) -> dict | None:
+def _linear_probe_first(model, card, config, stream, classes, new_head, place: Placement) -> dict | None:
     """LP-FT's first stage when ``config.lp_ft`` asks for it: the new head fitted on frozen features, in place."""
     if not config.lp_ft:
         return None
@@ -243,7 +254,9 @@ def _linear_probe_first(model, card, config, stream, classes, new_head) -> dict 
             f"lp_ft needs a single linear head to probe; {card.architecture}'s head is {card.head}. Train without it."
         )
     (head,) = card.head
-    return linear_probe_head(model, head, stream, num_classes=len(classes), seed=config.seed, class_names=classes)
+    return linear_probe_head(
+        model, head, stream, num_classes=len(classes), seed=config.seed, class_names=classes, place=place
+    )
 
 
 def _as_fit_result(head: HeadFit) -> FitResult:

@@ -144,6 +144,16 @@ def test_params_that_fail_validation_are_rejected_naming_the_param(run_dag, conf
     assert "ParamValidationError" in type(err.value).__name__ or "Invalid input for param" in str(err.value)
 
 
+def test_a_gpu_the_worker_lacks_fails_training_at_its_first_try_naming_it(store, bucket, demo, small_target, run_dag):
+    from airflow_tl.operators.failures import error_uri, read_failure
+
+    result = run_dag("tl_partial_freeze", conf(demo, small_target, bucket, "partial_freeze", device="cuda:99"))
+    assert result.task_states["train"] == "failed" and result.tries["train"] == 1  # no retry can add a GPU
+    error = read_failure(store, error_uri(f"s3://{bucket}/work", "tl_partial_freeze", result.run_id, "train"))
+    assert error.startswith("DeviceUnavailableError: Argument device is 'cuda:99', but this machine has ")
+    assert keys_under(store, f"s3://{bucket}/registry") == []
+
+
 def test_a_test_class_the_model_does_not_know_fails_evaluation_and_registers_nothing(store, bucket, demo, run_dag):
     dataset = f"s3://{bucket}/digits-0-4-plus"
     copy_dataset(store, demo.source_dataset, dataset)

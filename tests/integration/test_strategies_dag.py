@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_tl.devices import placement
 from airflow_tl.models.folder import load_model_folder
 from airflow_tl.uris import slug as run_slug
 
@@ -29,6 +30,9 @@ def test_each_strategy_trains_a_model_folder(store, bucket, demo, small_target, 
         assert {"epoch", "train_loss", "val_loss", "val_accuracy", "images_per_s"} <= set(card.history[0])
     assert card.training["freeze_layers"] == {"feature_extraction": "all", "partial_freeze": 3}.get(strategy, 0)
     assert card.training["init"] == ("random" if strategy == "from_scratch" else "pretrained")
+    # device="auto": this worker's GPU, else the CPU; a head fitted on features always runs on the CPU.
+    where = "cpu" if strategy == "feature_extraction" else placement("auto").describe()["device"]
+    assert card.training["device"]["device"] == where
     frozen = {"feature_extraction": 5, "partial_freeze": 3}.get(strategy, 0)
     assert card.training["frozen_blocks"] == ["stem", "layer1", "layer2", "layer3", "layer4"][:frozen]
     assert (
