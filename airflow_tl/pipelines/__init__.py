@@ -2,6 +2,7 @@
 
 from airflow_tl.pipelines.factory import build_dag, build_task_group, schedule_from_env
 from airflow_tl.pipelines.multi import build_auto_dag, build_tournament_dag
+from airflow_tl.pipelines.placement import on_gpu_workers
 from airflow_tl.pipelines.strategies import STRATEGIES, Strategy, get_strategy
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "build_task_group",
     "build_tournament_dag",
     "get_strategy",
+    "on_gpu_workers",
     "schedule_from_env",
 ]

@@ -21,6 +21,7 @@ from airflow_tl.operators import (
 )
 from airflow_tl.pipelines.assets import ASSET_SCHEME, dataset_asset, model_asset  # noqa: F401  (public here too)
 from airflow_tl.pipelines.params import DEMO_DEFAULTS, strategy_params
+from airflow_tl.pipelines.placement import apply_task_args
 from airflow_tl.pipelines.strategies import Strategy, get_strategy
 
 # Settings every task reads; in a DAG built here each is "{{ params.<name> }}".
@@ -63,6 +64,7 @@ def build_dag(
     param_defaults: dict[str, Any] | None = None,
     default_args: dict[str, Any] | None = None,
     timeouts: dict[str, timedelta] | None = None,
+    task_args: dict[str, dict[str, Any]] | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """The DAG of one strategy, its settings as Params.
@@ -70,6 +72,7 @@ def build_dag(
     ``schedule`` defaults to ``schedule_from_env(dag_id)``. ``registry_uri`` and ``model_name`` are the
     Params' defaults and name the Asset the evaluate task updates. ``param_defaults`` overrides other
     Params' defaults; ``timeouts`` overrides ``TIMEOUTS`` by task id; ``default_args`` goes to every task.
+    ``task_args`` sets queue, pool, executor and priority by task id (``pipelines.placement``).
     """
     spec = get_strategy(strategy)
     dag_id = dag_id or spec.dag_id
@@ -88,6 +91,7 @@ def build_dag(
     with dag:
         settings = {name: f"{{{{ params.{name} }}}}" for name in SETTINGS}
         _add_tasks(spec, settings, "", [model_asset(registry_uri, model_name)], {**TIMEOUTS, **(timeouts or {})})
+    apply_task_args(dag.tasks, task_args)
     return dag
 
 
@@ -99,6 +103,7 @@ def build_task_group(
     outlets: list[Asset] | None = None,
     timeouts: dict[str, timedelta] | None = None,
     default_args: dict[str, Any] | None = None,
+    task_args: dict[str, dict[str, Any]] | None = None,
     **group_kwargs: Any,
 ) -> TaskGroup:
     """The same pipeline as a TaskGroup inside a DAG of your own (call it within ``with DAG(...)``).
@@ -106,7 +111,7 @@ def build_task_group(
     ``settings`` gives the values (literals or templates) by the names of the DAG Params in docs/strategies;
     ``dataset_uri``, ``registry_uri``, ``model_name`` and ``work_uri`` are required, as is ``pretrained_uri``
     (or ``architecture`` for from_scratch). Others take the strategy's defaults. Tasks get the factory's
-    retries unless ``default_args`` (or the DAG's) say otherwise.
+    retries unless ``default_args`` (or the DAG's) say otherwise; ``task_args`` places them as ``build_dag``'s.
     """
     spec = get_strategy(strategy)
     required = {"dataset_uri", "registry_uri", "model_name", "work_uri"}
@@ -125,7 +130,15 @@ def build_task_group(
     group_args = {**DEFAULT_ARGS, **(default_args or {})}
     with TaskGroup(group_id=group_id, default_args=group_args, **group_kwargs) as group:
         _add_tasks(spec, values, f"{group.group_id}.", outlets or [], {**TIMEOUTS, **(timeouts or {})})
+    apply_task_args(_tasks_in(group), task_args)
     return group
+
+
+def _tasks_in(group: TaskGroup) -> list[Any]:
+    found = []
+    for child in group.children.values():
+        found += _tasks_in(child) if isinstance(child, TaskGroup) else [child]
+    return found
 
 
 def _add_tasks(

@@ -27,6 +27,7 @@ from airflow_tl.pipelines.factory import (
     strategy_tasks,
 )
 from airflow_tl.pipelines.params import DEMO_DEFAULTS, PER_STRATEGY, multi_strategy_params
+from airflow_tl.pipelines.placement import apply_task_args
 from airflow_tl.pipelines.strategies import STRATEGIES, Strategy
 
 FETCHED = "{{ ti.xcom_pull(task_ids='fetch_pretrained')['model_uri'] }}"
@@ -38,8 +39,9 @@ def build_auto_dag(dag_id: str = "tl_auto", **kwargs: Any) -> DAG:
     """fetch → assess → the advised strategy's [extract →] train → evaluate; the others are skipped.
 
     Takes ``build_dag``'s keyword arguments (schedule, registry_uri, model_name, param_defaults, default_args,
-    timeouts, DAG kwargs). The ``strategy`` Param overrides the advice.
+    timeouts, task_args, DAG kwargs). The ``strategy`` Param overrides the advice.
     """
+    task_args = kwargs.pop("task_args", None)
     dag, timeouts, asset = _dag(dag_id, "auto", kwargs)
     with dag:
         fetch = fetch_task(_settings(), timeouts)
@@ -57,6 +59,7 @@ def build_auto_dag(dag_id: str = "tl_auto", **kwargs: Any) -> DAG:
                     context_extra={"strategy": spec.name, **advice},
                 )  # fmt: skip
             choose >> first
+    apply_task_args(dag.tasks, task_args)
     return dag
 
 
@@ -66,6 +69,7 @@ def build_tournament_dag(dag_id: str = "tl_tournament", **kwargs: Any) -> DAG:
     The assessment runs beside them, so the report can say whether the advice won. Takes ``build_dag``'s keyword
     arguments; the ``strategies`` Param chooses the contenders.
     """
+    task_args = kwargs.pop("task_args", None)
     dag, timeouts, asset = _dag(dag_id, "tournament", kwargs)
     with dag:
         fetch = fetch_task(_settings(), timeouts)
@@ -109,6 +113,7 @@ def build_tournament_dag(dag_id: str = "tl_tournament", **kwargs: Any) -> DAG:
             execution_timeout=timeouts["tournament"],
         )
         [*evaluates, assess] >> tournament
+    apply_task_args(dag.tasks, task_args)
     return dag
 
 
