@@ -1,0 +1,70 @@
+"""``python -m airflow_tl``: an operator's work as a command a container can run, against the real S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from airflow_tl.models.folder import read_card
+
+
+def _cli(command: str, config: dict | str, cwd) -> subprocess.CompletedProcess:
+    text = config if isinstance(config, str) else json.dumps(config)
+    return subprocess.run(
+        [sys.executable, "-m", "airflow_tl", command, "--config", text],
+        capture_output=True, text=True, env=os.environ, cwd=cwd, timeout=600,
+    )  # fmt: skip
+
+
+def _summary(done: subprocess.CompletedProcess) -> dict | None:
+    """The JSON summary the command prints last on stdout; None when it printed none (log lines may precede it)."""
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+
+
+def test_training_from_the_command_line_does_what_the_operator_does(
+    store, bucket, demo, small_target, run_dag, tmp_path
+):
+    conf = {"pretrained_uri": demo.source_model, "dataset_uri": small_target, "work_uri": f"s3://{bucket}/work"}
+    by_operator = run_dag("tl_test_train_full_finetune", conf | {"epochs": 1})
+    assert by_operator.state == "success", by_operator.failures
+    fetched, trained = by_operator.xcoms["fetch"]["model_uri"], by_operator.xcoms["train"]["model_uri"]
+
+    # The operator's arguments as the test DAG renders them; the rest are both sides' defaults.
+    config = {
+        "model_uri": fetched, "dataset_uri": small_target, "output_uri": f"s3://{bucket}/cli/model",
+        "checkpoint_uri": f"s3://{bucket}/cli/checkpoints", "epochs": 1, "batch_size": 32, "learning_rate": 1e-3,
+        "seed": 0, "freeze_layers": 0, "init": "pretrained",
+    }  # fmt: skip
+    store.put_bytes(f"s3://{bucket}/cli/config.json", json.dumps(config).encode())
+    done = _cli("train", f"s3://{bucket}/cli/config.json", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(done)
+    assert summary["model_uri"] == config["output_uri"] and summary["epochs_run"] == 1
+    ours, theirs = read_card(store, config["output_uri"]), read_card(store, trained)
+    assert ours.weights_sha256 == theirs.weights_sha256  # the same seeded work, bit for bit
+    assert ours.training["device"] == theirs.training["device"]
+
+
+def test_a_bad_config_fails_with_exit_2_naming_the_keys(bucket, tmp_path):
+    done = _cli("train", {"model_uri": f"s3://{bucket}/m", "epoch": 3}, tmp_path)
+    assert done.returncode == 2
+    assert "The train config has unknown key(s) epoch and no output_uri. Accepted keys: " in done.stderr
+    assert _summary(done) is None
+    done = _cli("evaluate", "[1, 2]", tmp_path)
+    assert done.returncode == 2 and "must be a JSON object, got list" in done.stderr
+
+
+def test_an_empty_dataset_is_permanent_and_an_unreachable_s3_is_worth_a_retry(bucket, tmp_path, monkeypatch):
+    config = {"model_uri": f"s3://{bucket}/m", "dataset_uri": f"s3://{bucket}/d",
+              "features_root": f"s3://{bucket}/f", "device": "cpu"}  # fmt: skip
+    done = _cli("extract", config, tmp_path)
+    assert done.returncode == 2 and f"DatasetError: Dataset s3://{bucket}/d holds no images" in done.stderr
+    retry_once = {"retries": {"total_max_attempts": 1}}
+    extra = {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": retry_once}  # nothing listens on port 9
+    closed = json.dumps({"conn_type": "aws", "login": "x", "password": "y", "extra": extra})
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", closed)
+    done = _cli("extract", config, tmp_path)
+    assert done.returncode == 75, done.stderr[-2000:]
