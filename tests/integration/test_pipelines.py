@@ -145,13 +145,18 @@ def test_params_that_fail_validation_are_rejected_naming_the_param(run_dag, conf
 
 
 def test_a_gpu_the_worker_lacks_fails_training_at_its_first_try_naming_it(store, bucket, demo, small_target, run_dag):
-    from airflow_tl.operators.failures import error_uri, read_failure
+    from airflow_tl.devices import DeviceUnavailableError
+    from airflow_tl.training.config import TrainConfig
+    from airflow_tl.training.task import train
 
     result = run_dag("tl_partial_freeze", conf(demo, small_target, bucket, "partial_freeze", device="cuda:99"))
     assert result.task_states["train"] == "failed" and result.tries["train"] == 1  # no retry can add a GPU
-    error = read_failure(store, error_uri(f"s3://{bucket}/work", "tl_partial_freeze", result.run_id, "train"))
-    assert error.startswith("DeviceUnavailableError: Argument device is 'cuda:99', but this machine has ")
     assert keys_under(store, f"s3://{bucket}/registry") == []
+    # What the task raised: the same call, before it reads anything.
+    with pytest.raises(DeviceUnavailableError, match=r"Argument device is 'cuda:99', but this machine has "):
+        train(store, model_uri=demo.source_model, dataset_uri=small_target, config=TrainConfig(),
+              output_uri=f"s3://{bucket}/never", checkpoint_uri=None, device="cuda:99")  # fmt: skip
+    assert keys_under(store, f"s3://{bucket}/never") == []
 
 
 def test_a_test_class_the_model_does_not_know_fails_evaluation_and_registers_nothing(store, bucket, demo, run_dag):
