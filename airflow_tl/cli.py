@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -156,14 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare_torch_runtime()
     from airflow_tl.hooks.s3 import s3_store
 
+    get_store = functools.cache(lambda: s3_store(args.aws_conn_id))  # built once, and only when needed
     try:
-        store = None
-
-        def get_store():
-            nonlocal store
-            store = store or s3_store(args.aws_conn_id)
-            return store
-
         config = load_config(args.config, get_store)
         summary = COMMANDS[args.command](get_store(), config)
     except PermanentError as err:

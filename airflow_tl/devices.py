@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
 

@@ -130,15 +130,8 @@ def build_task_group(
     group_args = {**DEFAULT_ARGS, **(default_args or {})}
     with TaskGroup(group_id=group_id, default_args=group_args, **group_kwargs) as group:
         _add_tasks(spec, values, f"{group.group_id}.", outlets or [], {**TIMEOUTS, **(timeouts or {})})
-    apply_task_args(_tasks_in(group), task_args)
+    apply_task_args(group.iter_tasks(), task_args)
     return group
-
-
-def _tasks_in(group: TaskGroup) -> list[Any]:
-    found = []
-    for child in group.children.values():
-        found += _tasks_in(child) if isinstance(child, TaskGroup) else [child]
-    return found
 
 
 def _add_tasks(

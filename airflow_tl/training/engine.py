@@ -24,6 +24,8 @@ from airflow_tl.training.optim import build_optimizer, cosine_with_warmup, param
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# Steps between two reads of the running loss on a GPU: each read stalls the host until the GPU catches up.
+SYNC_EVERY = 25
 
 
 class TrainingDivergedError(PermanentError):
@@ -99,10 +101,6 @@ def train_one_epoch(
     if step > checked:
         _check_finite(total_loss, seen, epoch, checked + 1, step, on_step)
     return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
-
-
-# Steps between two reads of the running loss on a GPU: each read stalls the host until the GPU catches up.
-SYNC_EVERY = 25
 
 
 def _check_finite(total: torch.Tensor, seen: int, epoch: int, first: int, last: int, on_step) -> None:
