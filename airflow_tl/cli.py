@@ -12,7 +12,9 @@ Commands and their config keys (the keyword arguments of the function each runs;
 - ``fetch``: ``pretrained.fetch.FetchSpec``'s fields and ``output_uri``;
 - ``extract``: ``model_uri``, ``dataset_uri``, ``features_root``, ``layout``, ``split_seed``, ``batch_size``,
   ``threads``, ``skip_corrupt``, ``device``;
-- ``train``: ``training.task.train``'s arguments and ``TrainConfig``'s fields;
+- ``train``: ``training.task.train``'s arguments and ``TrainConfig``'s fields; ``num_processes`` for several
+  processes, and ``nnodes``, ``rdzv_endpoint``, ``rdzv_timeout`` and ``rdzv_id`` (the same on every node) for
+  several machines, each running this command;
 - ``assess``: ``assess.task.assess``'s arguments;
 - ``evaluate``: ``evaluation.task.evaluate_and_register``'s arguments, ``Gate``'s fields (``gate_metric``
   for its metric), and ``version`` (required: outside a DAG run nothing else names it).
@@ -42,7 +44,7 @@ EXIT_PERMANENT = 2
 EXIT_RETRY = 75  # EX_TEMPFAIL: what a job controller's retry policy understands as "try again"
 
 
-def _fetch(store, config: dict[str, Any]) -> dict[str, Any]:
+def _fetch(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
     from airflow_tl.pretrained.fetch import FetchSpec, fetch_pretrained
 
     spec_keys = {f.name for f in dataclasses.fields(FetchSpec)}
@@ -51,7 +53,7 @@ def _fetch(store, config: dict[str, Any]) -> dict[str, Any]:
     return fetch_pretrained(spec, store=store, output_uri=config["output_uri"]).summary()
 
 
-def _extract(store, config: dict[str, Any]) -> dict[str, Any]:
+def _extract(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
     from airflow_tl.data.dataset import list_dataset
     from airflow_tl.devices import placement
     from airflow_tl.features.extract import extract_features
@@ -68,19 +70,25 @@ def _extract(store, config: dict[str, Any]) -> dict[str, Any]:
     return {"features_uri": result.uri, **{k: v for k, v in result.summary().items() if k != "uri"}}
 
 
-def _train(store, config: dict[str, Any]) -> dict[str, Any]:
+def _train(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
+    from airflow_tl.hooks.s3 import worker_store_factory
     from airflow_tl.training.config import TrainConfig
+    from airflow_tl.training.launch import Nodes
     from airflow_tl.training.task import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    passed = _arguments(train, exclude={"store", "config"})
-    _check(config, fields | passed, "train", required={"model_uri", "output_uri"})
+    passed = _arguments(train, exclude={"store", "config", "nodes", "worker_store"})
+    node_keys = {"nnodes": "count", "rdzv_endpoint": "endpoint", "rdzv_timeout": "timeout_s", "rdzv_id": "run_id"}
+    _check(config, fields | passed | set(node_keys), "train", required={"model_uri", "output_uri"})
     settings = TrainConfig(**{k: v for k, v in config.items() if k in fields})
+    nodes = Nodes(**{node_keys[k]: v for k, v in config.items() if k in node_keys})
     kwargs = {"checkpoint_uri": None} | {k: v for k, v in config.items() if k in passed}
-    return train(store, config=settings, **kwargs).summary()
+    parallel = config.get("num_processes", 1) * nodes.count > 1
+    worker_store = worker_store_factory(aws_conn_id) if parallel else None
+    return train(store, config=settings, nodes=nodes, worker_store=worker_store, **kwargs).summary()
 
 
-def _assess(store, config: dict[str, Any]) -> dict[str, Any]:
+def _assess(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
     from airflow_tl.assess.task import assess
 
     passed = _arguments(assess, exclude={"store", "thresholds"})
@@ -88,7 +96,7 @@ def _assess(store, config: dict[str, Any]) -> dict[str, Any]:
     return assess(store, **config).summary()
 
 
-def _evaluate(store, config: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
     from airflow_tl.evaluation.task import evaluate_and_register
     from airflow_tl.registry.promotion import Gate
 
@@ -101,7 +109,7 @@ def _evaluate(store, config: dict[str, Any]) -> dict[str, Any]:
     return evaluate_and_register(store, gate=gate, **kwargs).summary()
 
 
-COMMANDS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+COMMANDS: dict[str, Callable[[Any, dict[str, Any], str | None], dict[str, Any]]] = {
     "fetch": _fetch,
     "extract": _extract,
     "train": _train,
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     get_store = functools.cache(lambda: s3_store(args.aws_conn_id))  # built once, and only when needed
     try:
         config = load_config(args.config, get_store)
-        summary = COMMANDS[args.command](get_store(), config)
+        summary = COMMANDS[args.command](get_store(), config, args.aws_conn_id)
     except PermanentError as err:
         # On stderr in any case: Airflow's logging, set up when it is imported, may send log records to stdout.
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)

@@ -71,6 +71,25 @@ def choose_device(spec: Any, cuda_devices: int) -> str:
     return f"cuda:{index}"
 
 
+def process_devices(spec: Any, processes: int, cuda_devices: int) -> str:
+    """``"cpu"`` or ``"cuda"`` for ``processes`` training processes on one machine: on CUDA, each takes its own
+    GPU (local rank r on ``cuda:r``), so there must be as many. ``auto`` falls back to the CPU only without GPUs."""
+    kind, index = parse_device(spec)
+    if kind == "cpu" or (kind == "auto" and not cuda_devices):
+        return "cpu"
+    if index is not None:
+        raise InvalidArgumentError(
+            f"Argument device is {spec!r}, which names one GPU, but num_processes={processes} gives each process "
+            f"its own GPU (cuda:0 to cuda:{processes - 1}): use device='cuda' or 'auto'."
+        )
+    if cuda_devices < processes:
+        raise DeviceUnavailableError(
+            f"num_processes={processes} on CUDA needs {processes} GPUs, one per process, but this machine has "
+            f"{cuda_devices}. Lower num_processes, or use device='cpu'."
+        )
+    return "cuda"
+
+
 @dataclass(frozen=True)
 class Placement:
     """A device and how to compute on it; ``describe()`` is what the log and the model card say."""

@@ -9,6 +9,8 @@ reduced size, and the pixel limit ``[airflow_tl] max_image_pixels``, read once p
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import random
 from collections import deque
@@ -49,6 +51,16 @@ class StreamStats:
     bytes_read: int = 0
 
 
+def strided(count: int, batch_size: int, shard: tuple[int, int]) -> list[list[int]]:
+    """The positions rank ``r`` of ``W`` takes from each global batch of ``count`` items: r, r+W, ... of each.
+
+    One list per global batch, in order, some possibly empty (a last batch smaller than W): every rank gets the
+    same number of lists, so ranks training together step together.
+    """
+    rank, size = shard
+    return [list(range(start + rank, min(start + batch_size, count), size)) for start in range(0, count, batch_size)]
+
+
 class ImageStream:
     """Batches of one split of an ``ImageDataset``, preprocessed as the model card says."""
 
@@ -84,57 +96,104 @@ class ImageStream:
         seed: int = 0,
         epoch: int = 0,
         augment: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
         """One pass over one split, or several in a row (prefetching across their boundary; no batch
-        mixes splits). Raises CorruptImagesError at the end when images failed to decode."""
+        mixes splits). Raises CorruptImagesError at the end when images failed to decode.
+
+        ``shard=(rank, size)``: this rank's slice of each global batch of ``batch_size`` images of the same order
+        (``strided``), one batch per global batch, however many images it holds (none,
+        when the last global batch has fewer than ``size``): ranks that train together step together.
+        """
         splits = (split,) if isinstance(split, str) else tuple(split)
-        items = []
+        parts = []
         for name in splits:
             part = self.dataset.split(name)
             if shuffle:
                 random.Random(f"{seed}:{epoch}").shuffle(part)
-            items += part
-        split = "/".join(splits)
+            parts.append((name, part))
         stats = StreamStats()
-        window = max(2 * self.batch_size, 4 * self.threads)
-        pending: deque[tuple[ImageItem, Future]] = deque()
+        if shard is not None:
+            yield from self._sharded(parts, shard, seed, epoch, augment, stats)
+        else:
+            yield from self._packed([item for _, part in parts for item in part], seed, epoch, augment, stats)
+        self._finish("/".join(splits), stats)
+
+    def _packed(self, items: list[ImageItem], seed: int, epoch: int, augment: bool, stats: StreamStats):
+        """Batches of ``batch_size`` decoded images (a corrupt one skipped makes room for the next)."""
+        current = items[0].split if items else ""
         xs: list[torch.Tensor] = []
         ys: list[int] = []
         keys: list[str] = []
-        current = splits[0]
+        for item, tensor in self._decoded(items, seed, epoch, augment, stats):
+            if tensor is None:
+                continue
+            if xs and item.split != current:
+                yield self._batch(xs, ys, keys, current)
+                xs, ys, keys = [], [], []
+            current = item.split
+            xs.append(tensor)
+            ys.append(item.label)
+            keys.append(item.key)
+            if len(xs) == self.batch_size:
+                yield self._batch(xs, ys, keys, current)
+                xs, ys, keys = [], [], []
+        if xs:
+            yield self._batch(xs, ys, keys, current)
+
+    def _sharded(self, parts, shard: tuple[int, int], seed: int, epoch: int, augment: bool, stats: StreamStats):
+        """One batch per global batch: this rank's positions of it, decoded (corrupt ones left out)."""
+        groups = [
+            (name, [part[i] for i in positions])
+            for name, part in parts
+            for positions in strided(len(part), self.batch_size, shard)
+        ]
+        flat = [item for _, group in groups for item in group]
+        with contextlib.closing(self._decoded(flat, seed, epoch, augment, stats)) as decoded:
+            for name, group in groups:
+                xs: list[torch.Tensor] = []
+                ys: list[int] = []
+                keys: list[str] = []
+                for item, tensor in itertools.islice(decoded, len(group)):
+                    if tensor is not None:
+                        xs.append(tensor)
+                        ys.append(item.label)
+                        keys.append(item.key)
+                yield self._batch(xs, ys, keys, name)
+
+    def _decoded(self, items: list[ImageItem], seed: int, epoch: int, augment: bool, stats: StreamStats):
+        """``(item, uint8 pixels)`` in order, None for an image that cannot be decoded (its reason in ``stats``).
+
+        Threads fetch and decode ahead, at most ``window`` images in flight or waiting, so memory does not grow
+        with the dataset.
+        """
+        window = max(2 * self.batch_size, 4 * self.threads)
+        queue = iter(items)
+        pending: deque[tuple[ImageItem, Future]] = deque()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="airflow-tl-images") as pool:
-            queue = iter(items)
-            for item in queue:
-                pending.append((item, pool.submit(self._load, item, seed, epoch, augment)))
-                if len(pending) >= window:
-                    break
+
+            def refill() -> None:
+                while len(pending) < window and (item := next(queue, None)) is not None:
+                    pending.append((item, pool.submit(self._load, item, seed, epoch, augment)))
+
+            refill()
             while pending:
                 item, future = pending.popleft()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(self._load, nxt, seed, epoch, augment)))
+                refill()
                 tensor, size, reason = future.result()
                 stats.bytes_read += size
                 if tensor is None:
                     stats.corrupt.append(item.key)
                     stats.reasons[item.key] = reason
-                    continue
-                if xs and item.split != current:
-                    yield self._batch(xs, ys, keys, current)
-                    xs, ys, keys = [], [], []
-                current = item.split
-                stats.images += 1
-                xs.append(tensor)
-                ys.append(item.label)
-                keys.append(item.key)
-                if len(xs) == self.batch_size:
-                    yield self._batch(xs, ys, keys, current)
-                    xs, ys, keys = [], [], []
-        if xs:
-            yield self._batch(xs, ys, keys, current)
-        self._finish(split, stats)
+                else:
+                    stats.images += 1
+                yield item, tensor
 
     def _batch(self, pixels: list[torch.Tensor], labels: list[int], keys: list[str], split: str) -> Batch:
+        if not pixels:  # a rank's empty share of a global batch: no images, the right shape
+            size = self.spec.crop_size
+            empty = torch.empty((0, self.spec.channels, size, size), dtype=torch.uint8)
+            return Batch(normalize(empty, self.spec), torch.empty(0, dtype=torch.int64), [], split)
         return Batch(normalize(torch.stack(pixels), self.spec), torch.tensor(labels), keys, split)
 
     def _finish(self, split: str, stats: StreamStats) -> None:

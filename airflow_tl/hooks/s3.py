@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,3 +30,23 @@ def s3_store(aws_conn_id: str | None = "aws_default") -> S3Store:
     if connection_config is not None:
         config = config.merge(connection_config)
     return S3Store(S3Hook(aws_conn_id=aws_conn_id, config=config).get_conn())
+
+
+def worker_store_factory(aws_conn_id: str | None = "aws_default") -> Callable[[], S3Store]:
+    """A picklable recipe for ``s3_store(aws_conn_id)`` in a process this task starts (a training rank).
+
+    Such a process cannot ask Airflow's supervisor for connections, so the connection as it was resolved here
+    travels with the recipe and reaches the child as its ``AIRFLOW_CONN_<ID>`` variable; the child's hook then
+    builds its own session (refreshing assumed-role credentials as usual). Nothing is written to disk.
+    """
+    if aws_conn_id is None:
+        return functools.partial(s3_store, None)
+    from airflow.sdk import BaseHook
+
+    snapshot = BaseHook.get_connection(aws_conn_id).as_json()
+    return functools.partial(_store_from_snapshot, aws_conn_id, snapshot)
+
+
+def _store_from_snapshot(aws_conn_id: str, snapshot: str) -> S3Store:
+    os.environ[f"AIRFLOW_CONN_{aws_conn_id.upper()}"] = snapshot
+    return s3_store(aws_conn_id)

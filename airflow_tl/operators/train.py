@@ -54,6 +54,17 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     :param device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the
         network runs there, under autocast on CUDA. ``"cuda"`` without a GPU fails at once. (templated)
     :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
+    :param num_processes: training processes on this worker, data-parallel under ``torch.distributed`` (gloo on
+        the CPU, NCCL with one GPU each on CUDA); each reads its slice of every batch, and rank 0 alone writes
+        checkpoints and the model. 1 trains in the task's own process. (templated)
+    :param nnodes: task instances (machines) training together, e.g. this operator mapped over
+        ``node_rank=[0, 1]``; they meet at ``rdzv_endpoint``. (templated)
+    :param node_rank: this task instance's place among ``nnodes``, for the log (the rendezvous assigns the
+        ranks). (templated)
+    :param rdzv_endpoint: ``host:port`` where the nodes meet: a machine every node reaches, which hosts the
+        rendezvous when its node runs there. (templated)
+    :param rdzv_timeout: seconds to wait for every node; past it, every node fails and nothing is published.
+        (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -82,6 +93,11 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         "threads",
         "device",
         "layout",
+        "num_processes",
+        "nnodes",
+        "node_rank",
+        "rdzv_endpoint",
+        "rdzv_timeout",
     )
     uri_fields = (
         *TransferLearningBaseOperator.uri_fields,
@@ -121,6 +137,11 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         threads: int = 8,
         device: str = "auto",
         layout: str = "auto",
+        num_processes: int = 1,
+        nnodes: int = 1,
+        node_rank: int = 0,
+        rdzv_endpoint: str | None = None,
+        rdzv_timeout: float = 300.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,6 +169,11 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         self.threads = threads
         self.device = device
         self.layout = layout
+        self.num_processes = num_processes
+        self.nnodes = nnodes
+        self.node_rank = node_rank
+        self.rdzv_endpoint = rdzv_endpoint
+        self.rdzv_timeout = rdzv_timeout
 
     def lineage_inputs(self) -> list[str | None]:
         # A head fitted on features never opens an image: the features are what it read.
@@ -155,8 +181,11 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
+        from airflow_tl.hooks.s3 import worker_store_factory
         from airflow_tl.training.config import TrainConfig
+        from airflow_tl.training.launch import Nodes
         from airflow_tl.training.task import train
+        from airflow_tl.uris import slug
 
         config = TrainConfig(
             epochs=self.epochs,
@@ -181,6 +210,12 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         console = None if self.features_uri else s3_console_url(self.store.client, checkpoint_uri)
         if console:  # a head fitted on cached features keeps no checkpoints
             context["ti"].xcom_push(key=CHECKPOINTS_KEY, value=console)
+        ti = context["ti"]
+        # One name for the training across its nodes (every mapped instance renders the same).
+        nodes = Nodes(self.nnodes, self.rdzv_endpoint, self.rdzv_timeout, f"{ti.dag_id}-{slug(ti.run_id)}-{ti.task_id}")
+        if nodes.count > 1:
+            self.log.info("Node %d of %d, meeting the others at %s", self.node_rank, nodes.count, nodes.endpoint)
+        parallel = self.num_processes * nodes.count > 1
         result = train(
             self.store,
             model_uri=self.model_uri,
@@ -194,6 +229,9 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
             threads=self.threads,
             device=self.device,
             layout=self.layout,
+            num_processes=self.num_processes,
+            nodes=nodes,
+            worker_store=worker_store_factory(self.aws_conn_id) if parallel else None,
         )
         self._lineage_outputs = [output_uri]  # checkpoints are the run's scratch, not a product
         summary = result.summary()

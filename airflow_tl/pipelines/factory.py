@@ -29,7 +29,7 @@ SETTINGS = (
     "dataset_uri", "pretrained_uri", "architecture", "image_size", "registry_uri", "model_name", "work_uri",
     "epochs", "batch_size", "learning_rate", "patience", "seed", "freeze_layers", "augment", "skip_corrupt",
     "gate_metric", "min_improvement", "min_score", "min_test_images", "on_class_change", "layout", "lp_ft",
-    "device",
+    "device", "num_processes",
 )  # fmt: skip
 TIMEOUTS = {
     "fetch_pretrained": timedelta(hours=1),
@@ -214,6 +214,8 @@ def strategy_tasks(
         layout=s["layout"],
         skip_corrupt=s["skip_corrupt"],
         device=s["device"],
+        # A head fitted on cached features runs in one process: the Param is only on image-training DAGs.
+        num_processes=1 if spec.uses_features else s["num_processes"],
         execution_timeout=timeouts["train"],
         **train_inputs,
         **common,

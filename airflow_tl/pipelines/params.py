@@ -43,6 +43,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "on_class_change": "keep",
     "layout": "auto",
     "device": "auto",
+    "num_processes": 1,
 }
 
 
@@ -140,6 +141,13 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             "everything from there (Kumar et al. 2022)",
         )
     if not strategy.uses_features:
+        params["num_processes"] = Param(
+            d["num_processes"],
+            type="integer",
+            minimum=1,
+            description="training processes on the worker, data-parallel under torch.distributed (one GPU each on "
+            "CUDA); at most the batch size and the training images",
+        )
         params["augment"] = Param(
             d["augment"],
             type="boolean",

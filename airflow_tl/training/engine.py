@@ -19,6 +19,7 @@ from airflow_tl.models.card import Block
 from airflow_tl.models.freezing import train_mode
 from airflow_tl.training.checkpoint import CheckpointStore, TrainingState, python_rng_state, restore_python_rng
 from airflow_tl.training.config import TrainConfig
+from airflow_tl.training.distributed import SOLO, World, sync_batchnorm
 from airflow_tl.training.optim import build_optimizer, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,20 @@ def train_one_epoch(
     on_step: Callable[[int, float], None] | None = None,
     place: Placement | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    world: World = SOLO,
+    net: nn.Module | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the training batches; returns (mean loss, accuracy, images).
+    """One pass over the training batches; returns (mean loss, accuracy, images) over every rank's.
 
     Loss and accuracy add up on the device. Reading them makes the host wait for the GPU, so on CUDA the
     divergence check and ``on_step`` come every ``SYNC_EVERY`` steps; on the CPU, every step.
+
+    Several ranks (``world``): each calls ``net`` (DDP around ``model``) on its slice of the global batch with a
+    summing ``criterion``, scaled so that DDP's average of the gradients is the global batch's mean
+    (``training.distributed``); ``on_step`` then sees this rank's figures.
     """
     place = place or cpu()
+    net = net or model
     every = SYNC_EVERY if place.is_cuda else 1
     train_mode(model, frozen)
     total_loss = torch.zeros((), dtype=torch.float64, device=place.device)
@@ -79,8 +87,13 @@ def train_one_epoch(
     for step, (x, y) in enumerate(batches, start=1):
         x, y = place.batch(x, y)
         with place.autocast():
-            logits = model(x)
+            logits = net(x)
         loss = criterion(logits.float(), y)
+        summed = loss.detach() * len(y)
+        if world.distributed:  # a summed loss: the share of the global batch's mean that this rank adds
+            images = world.all_sum(torch.tensor(len(y), dtype=torch.float32, device=place.device))
+            summed = loss.detach()
+            loss = loss * (world.size / images)
         if every == 1 and not torch.isfinite(loss):  # before the step: the weights stay finite
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -92,7 +105,7 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        total_loss += loss.detach() * len(y)
+        total_loss += summed
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         if step % every == 0:
@@ -100,7 +113,16 @@ def train_one_epoch(
             checked = step
     if step > checked:
         _check_finite(total_loss, seen, epoch, checked + 1, step, on_step)
-    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
+    return _over_ranks(world, total_loss, correct, seen, place)
+
+
+def _over_ranks(world: World, total_loss, correct, seen: int, place: Placement) -> tuple[float, float, int]:
+    """(mean loss, accuracy, images) of the sums over every rank."""
+    if world.distributed:
+        sums = torch.stack([total_loss, correct.to(torch.float64), torch.tensor(seen, dtype=torch.float64)])
+        total_loss, correct, seen = world.all_sum(sums.to(place.device)).tolist()
+        seen = int(seen)
+    return float(total_loss) / max(seen, 1), float(correct) / max(seen, 1), seen
 
 
 def _check_finite(total: torch.Tensor, seen: int, epoch: int, first: int, last: int, on_step) -> None:
@@ -114,23 +136,27 @@ def _check_finite(total: torch.Tensor, seen: int, epoch: int, first: int, last: 
 
 
 def evaluate(
-    model: nn.Module, criterion: nn.Module, batches: Batches, place: Placement | None = None
+    model: nn.Module, criterion: nn.Module, batches: Batches, place: Placement | None = None, world: World = SOLO
 ) -> tuple[float, float, int]:
-    """Mean loss and accuracy over the batches, in eval mode without autograd."""
+    """Mean loss and accuracy over the batches (every rank's), in eval mode without autograd."""
     place = place or cpu()
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=place.device)
     correct = torch.zeros((), dtype=torch.int64, device=place.device)
     seen = 0
+    summing = criterion.reduction == "sum"
     with torch.inference_mode():
         for x, y in batches:
+            if not len(y):  # a rank's empty share of the last batch
+                continue
             x, y = place.batch(x, y)
             with place.autocast():
                 logits = model(x)
-            total_loss += criterion(logits.float(), y) * len(y)
+            loss = criterion(logits.float(), y)
+            total_loss += loss if summing else loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
+    return _over_ranks(world, total_loss, correct, seen, place)
 
 
 def fit(
@@ -144,23 +170,28 @@ def fit(
     checkpoints: CheckpointStore | None,
     fingerprint: str,
     place: Placement | None = None,
+    world: World = SOLO,
 ) -> FitResult:
     """Train for ``config.epochs`` (or until early stopping), resuming from a matching checkpoint.
 
-    ``model`` moves to ``place`` (the CPU by default); checkpoints hold CPU tensors wherever it trained.
+    ``model`` moves to ``place`` (the CPU by default); checkpoints hold CPU tensors wherever it trained. With
+    several ranks (``world``) every rank runs this on its share of the data, and rank 0 alone writes checkpoints.
     """
     place = place or cpu()
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     place.model(model)  # before the optimizer is built: it holds the parameters of the device they live on
+    model = sync_batchnorm(model, world, place.device)
     scaler = place.grad_scaler()
     optimizer = build_optimizer(param_groups(model, blocks, head, config), config)
     steps = math.ceil(source.train_size / config.batch_size)
     scheduler = cosine_with_warmup(
         optimizer, warmup_steps=max(1, round(config.warmup_epochs * steps)), total_steps=config.epochs * steps
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    reduction = "sum" if world.distributed else "mean"
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction=reduction)
     state = _resume(checkpoints, fingerprint, model, optimizer, scheduler)
+    net = world.wrap(model)  # after resuming: DDP starts every rank from rank 0's (resumed) weights
     history = state.history if state else []
     best_epoch = state.best_epoch if state else 0
     best_weights = (state.best_model or _clone(state.model)) if state else None
@@ -173,7 +204,7 @@ def fit(
             break
         epoch_started = time.monotonic()
         epoch_lr = optimizer.param_groups[-1]["lr"]  # the head's rate as the epoch starts
-        progress = _ProgressLog(epoch, config.epochs, source.train_size)
+        progress = _ProgressLog(epoch, config.epochs, source.train_size) if world.main else None
         try:
             train_loss, train_acc, seen = train_one_epoch(
                 model,
@@ -186,6 +217,8 @@ def fit(
                 on_step=progress,
                 place=place,
                 scaler=scaler,
+                world=world,
+                net=net,
             )
         except TrainingDivergedError as err:
             kept = (
@@ -197,7 +230,7 @@ def fit(
                 f"Training diverged: {err}; {kept}. "
                 f"Lower learning_rate (now {config.learning_rate:g}) or check the data."
             ) from None
-        val_loss, val_acc, _ = evaluate(model, criterion, source.val_batches(), place)
+        val_loss, val_acc, _ = evaluate(model, criterion, source.val_batches(), place, world)
         seconds = time.monotonic() - epoch_started
         if not math.isfinite(val_loss):
             raise TrainingDivergedError(f"Training diverged: validation loss became {val_loss} at epoch {epoch}.")
@@ -217,7 +250,7 @@ def fit(
             best_epoch, best_loss, best_weights = epoch, val_loss, _clone(model.state_dict())
         _log_epoch(history[-1], config.epochs, time.monotonic() - started, epoch - first + 1)
         stopped_early = _patience_exhausted(history, best_epoch, config)
-        if checkpoints is not None:
+        if checkpoints is not None and world.main:
             checkpoints.save(
                 TrainingState(
                     epoch=epoch,

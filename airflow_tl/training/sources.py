@@ -10,20 +10,28 @@ from airflow_tl.data.loader import ImageStream
 
 
 class ImageBatches:
-    """Training and validation batches streamed from an S3 image dataset."""
+    """Training and validation batches streamed from an S3 image dataset.
 
-    def __init__(self, stream: ImageStream, *, seed: int, augment: bool) -> None:
+    With ``shard=(rank, size)`` only this rank's slice of every global batch is read and yielded (one batch per
+    global batch, possibly empty); ``train_size`` stays the whole split's, which the schedule is counted in.
+    """
+
+    def __init__(self, stream: ImageStream, *, seed: int, augment: bool, shard: tuple[int, int] | None = None) -> None:
         self.stream = stream
         self.seed = seed
         self.augment = augment
+        self.shard = shard
         self.train_size = len(stream.dataset.split("train"))
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.stream.batches("train", shuffle=True, seed=self.seed, epoch=epoch, augment=self.augment):
+        batches = self.stream.batches(
+            "train", shuffle=True, seed=self.seed, epoch=epoch, augment=self.augment, shard=self.shard
+        )
+        for batch in batches:
             yield batch.x, batch.y
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.stream.batches("val"):
+        for batch in self.stream.batches("val", shard=self.shard):
             yield batch.x, batch.y
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 from airflow_tl.data.dataset import class_mapping, list_dataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE, read_manifest
-from airflow_tl.devices import Placement, cpu, placement
+from airflow_tl.devices import Placement, cpu, placement, process_devices
 from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
 from airflow_tl.features.extract import load_split, read_features_index
 from airflow_tl.models.architectures import build_model, load_weights
@@ -31,8 +32,10 @@ from airflow_tl.models.freezing import freeze_first, resolve_freeze_layers, with
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.training.checkpoint import CheckpointStore
 from airflow_tl.training.config import TrainConfig
+from airflow_tl.training.distributed import SOLO, World
 from airflow_tl.training.engine import FitResult, fit
 from airflow_tl.training.head import HeadFit, fit_linear_head
+from airflow_tl.training.launch import Job, Nodes, errors_folder, launch
 from airflow_tl.training.lp_ft import linear_probe_head
 from airflow_tl.training.sources import ImageBatches
 
@@ -89,14 +92,31 @@ def train(
     cache_bytes: int = 512 * 2**20,
     layout: str = "auto",
     device: str = "auto",
+    num_processes: int = 1,
+    nodes: Nodes | None = None,
+    worker_store: Callable[[], S3Store] | None = None,
 ) -> TrainResult:
     """Train ``model_uri`` on a dataset (or on cached features) into a model folder at ``output_uri``.
 
     The folder also holds the data manifest: which images (key, ETag) were trained, validated and held out
     for testing, so the gate can later compare models only on images neither has seen. ``device`` is where
     the network runs (``airflow_tl.devices``); the card records it under ``training.device``.
+
+    ``num_processes`` > 1, or ``nodes`` of several machines: data-parallel training under ``torch.distributed``
+    (``training.launch``), each process on its slice of every batch; ``worker_store`` is how each builds its
+    S3 client (``hooks.s3.worker_store_factory``). Rank 0 alone writes checkpoints and the model folder.
     """
-    place = placement(device)  # first: a machine without the GPU asked for fails before reading anything
+    nodes = nodes or Nodes()
+    _positive("num_processes", num_processes)
+    processes = num_processes * nodes.count
+    if processes > 1 and not features_uri:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        kind = process_devices(device, num_processes, gpus)  # first, as placement below
+        place = None
+    else:
+        place = placement(device)  # first: a machine without the GPU asked for fails before reading anything
     if reset_head not in ("auto", True, False):
         raise InvalidArgumentError(
             f"Argument reset_head accepts only 'auto', True and False. Provided value: {reset_head!r}."
@@ -108,21 +128,59 @@ def train(
             )
         # No checkpoints: the fit takes seconds, and a retry refits the same head from the cached features.
         # The head's L-BFGS fit runs on the CPU: a few thousand feature rows gain nothing from a GPU.
+        if processes > 1:
+            log.info("num_processes does not apply to a head fitted on cached features: one process fits it")
         return _train_head_on_features(store, model_uri, features_uri, config, output_uri)
     if not dataset_uri:
         raise InvalidArgumentError("Give dataset_uri (images) or, with freeze_layers='all', features_uri.")
-    checkpoints = CheckpointStore(store, checkpoint_uri) if checkpoint_uri else None
+    # Listed once, here: every process of a distributed run trains on this very listing, in the same order.
     dataset = list_dataset(store, dataset_uri, seed=config.seed, layout=layout)
-    return _train_on_images(
-        store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes,
-        place,
-    )  # fmt: skip
+    args = {
+        "model_uri": model_uri, "dataset": dataset, "config": config, "output_uri": output_uri,
+        "checkpoint_uri": checkpoint_uri, "reset_head": reset_head, "skip_corrupt": skip_corrupt,
+        "threads": threads, "cache_bytes": cache_bytes,
+    }  # fmt: skip
+    if processes == 1:
+        return _train_on_images(store, place=place, **args)
+    _check_shardable(dataset, config, processes, num_processes, nodes)
+    if worker_store is None:
+        raise InvalidArgumentError("num_processes > 1 needs worker_store: how each process builds its S3 client.")
+    backend = "nccl" if kind == "cuda" else "gloo"
+    with errors_folder() as errors:
+        job = Job(_train_rank, args | {"device": kind}, worker_store, backend=backend, errors=errors)
+        results = launch(job, num_processes=num_processes, nodes=nodes)
+    return results[min(results)]
+
+
+def _train_rank(*, world: World, store: S3Store, device: str, **args) -> TrainResult:
+    """One process of a distributed run: its GPU (by local rank) or the CPU, and its share of the work."""
+    place = placement(f"cuda:{world.local_rank}" if device == "cuda" else "cpu")
+    return _train_on_images(store, place=place, world=world, **args)
+
+
+def _check_shardable(dataset, config: TrainConfig, processes: int, num_processes: int, nodes: Nodes) -> None:
+    """Every process must get images of every epoch: at most one per image of a batch, and of the split."""
+    images = len(dataset.split("train"))
+    most = min(config.batch_size, images)
+    if processes > most:
+        where = f"num_processes={num_processes}" + (f" on each of {nodes.count} nodes" if nodes.count > 1 else "")
+        raise InvalidArgumentError(
+            f"{where} makes {processes} processes, but dataset {dataset.uri} can be shared among at most {most}: "
+            f"each takes a slice of every batch of batch_size={config.batch_size} from {images} training images. "
+            "Use fewer processes, or a larger batch_size."
+        )
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"Argument {name} must be a positive integer. Provided value: {value!r}.")
 
 
 def _train_on_images(
-    store, model_uri, dataset, config, output_uri, checkpoints, reset_head, skip_corrupt, threads, cache_bytes,
-    place: Placement,
+    store, *, model_uri, dataset, config, output_uri, checkpoint_uri, reset_head, skip_corrupt, threads, cache_bytes,
+    place: Placement, world: World = SOLO,
 ) -> TrainResult:  # fmt: skip
+    checkpoints = CheckpointStore(store, checkpoint_uri) if checkpoint_uri else None
     if config.init == "pretrained":
         state_dict, card = load_model_folder(store, model_uri)
     else:
@@ -155,7 +213,7 @@ def _train_on_images(
         "Training %s (init=%s) with %d of %d blocks frozen: %s of %s parameters trainable",
         card.architecture, config.init, k, len(card.blocks), f"{trainable:,}", f"{total:,}",
     )  # fmt: skip
-    source = ImageBatches(stream, seed=config.seed, augment=config.augment)
+    source = ImageBatches(stream, seed=config.seed, augment=config.augment, shard=world.shard())
     fingerprint = config.fingerprint(model=card.weights_sha256, data=dataset.fingerprint(), classes=classes)
     result = fit(
         model,
@@ -167,6 +225,7 @@ def _train_on_images(
         checkpoints=checkpoints,
         fingerprint=fingerprint,
         place=place,
+        world=world,
     )
     lineage = {"dataset_uri": dataset.uri, "dataset_fingerprint": dataset.fingerprint(), "new_head": new_head}
     training = {
@@ -179,13 +238,16 @@ def _train_on_images(
         "resumed_from_epoch": result.resumed_from,
         "train_seconds": round(result.seconds, 1),
         "device": place.describe(),
+        **({"processes": world.size} if world.distributed else {}),
         **({"linear_probe": probe} if probe else {}),
     }
+    skipped = int(world.all_sum(torch.tensor(len(stream.skipped), device=place.device)).item())
     out = _write(
         store, output_uri, model.state_dict(), card, classes, training, result, model_uri, lineage,
-        dataset.manifest().to_bytes(),
+        dataset.manifest().to_bytes(), save=world.main,
     )  # fmt: skip
-    return TrainResult(output_uri, out, result, trainable, total, len(stream.skipped))
+    world.barrier()  # every process ends once the folder is written, or fails with rank 0
+    return TrainResult(output_uri, out, result, trainable, total, skipped)
 
 
 def _train_head_on_features(store, model_uri, features_uri, config, output_uri) -> TrainResult:
@@ -270,7 +332,7 @@ def _as_fit_result(head: HeadFit) -> FitResult:
     )
 
 
-def _write(store, output_uri, weights, parent, classes, training, result, model_uri, lineage, manifest):
+def _write(store, output_uri, weights, parent, classes, training, result, model_uri, lineage, manifest, save=True):
     card = ModelCard(
         architecture=parent.architecture,
         class_names=list(classes),
@@ -288,6 +350,8 @@ def _write(store, output_uri, weights, parent, classes, training, result, model_
         history=result.history,
         metrics={"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
     )
+    if not save:  # a distributed run's other ranks: the card rank 0 writes, for their summary
+        return card
     return save_model_folder(store, output_uri, weights, card, files={MANIFEST_FILE: manifest})
 
 

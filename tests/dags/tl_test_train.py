@@ -30,6 +30,7 @@ for strategy, spec in STRATEGIES.items():
             "freeze_layers": Param(3, type=["integer", "string"]),
             "skip_corrupt": Param(False, type="boolean"),
             "seed": Param(0, type="integer"),
+            "num_processes": Param(1, type="integer"),
         },
     ):
         fetch = FetchPretrainedOperator(
@@ -61,6 +62,7 @@ for strategy, spec in STRATEGIES.items():
             learning_rate="{{ params.learning_rate }}",
             skip_corrupt="{{ params.skip_corrupt }}",
             seed="{{ params.seed }}",
+            num_processes="{{ params.num_processes }}",
             work_uri="{{ params.work_uri }}",
             **train_kwargs,
         )

@@ -1,0 +1,130 @@
+"""Data-parallel training in two CPU processes (gloo), started by torch's elastic launcher from a real DAG run.
+
+Tolerance: with the same global batch and seed, two processes compute the same gradients as one up to the order
+of floating-point sums (BatchNorm included: it normalises over the global batch). AdamW's step is about the
+learning rate wherever a gradient is close to zero, whatever its size, so such noise can move a weight by up to
+the learning rate per step: weights agree within ``learning_rate × steps``, validation loss within 1e-4.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import signal
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load
+
+from airflow_tl.data.loader import CorruptImagesError
+from airflow_tl.exceptions import InvalidArgumentError
+from airflow_tl.hooks.s3 import s3_store
+from airflow_tl.models.folder import read_card
+from airflow_tl.training.config import TrainConfig
+from airflow_tl.training.task import train
+from airflow_tl.uris import slug
+from tests.helpers import copy_dataset
+from tests.integration.test_kill import Run
+
+BUCKET = "tl-distributed"
+DATA = f"s3://{BUCKET}/data"  # 45 training images: batches of 16 end with one of 13, split 7 and 6
+
+
+@pytest.fixture(scope="module")
+def data(local_s3, demo) -> str:
+    store = s3_store("aws_default")
+    store.client.create_bucket(Bucket=BUCKET)
+    copy_dataset(store, demo.target_dataset, DATA, per_class_train=9)
+    return DATA
+
+
+def test_two_processes_in_a_dag_run_train_the_model_one_process_trains(store, demo, data, run_dag):
+    conf = {
+        "pretrained_uri": demo.source_model, "dataset_uri": data, "epochs": 2, "batch_size": 16,
+        "learning_rate": 1e-3, "freeze_layers": 3, "seed": 3,
+    }  # fmt: skip
+    runs = {}
+    for n in (1, 2):
+        result = run_dag(
+            "tl_test_train_partial_freeze", conf | {"num_processes": n, "work_uri": f"s3://{BUCKET}/work-{n}"}
+        )
+        assert result.state == "success", result.failures
+        runs[n] = result.xcoms["train"]
+    one, two = (load(store.get_bytes(f"{runs[n]['model_uri']}/model.safetensors")) for n in (1, 2))
+    steps = conf["epochs"] * math.ceil(45 / conf["batch_size"])
+    assert one.keys() == two.keys()
+    for name in one:  # BatchNorm's statistics too: they are the global batch's
+        assert torch.allclose(one[name].float(), two[name].float(), rtol=0, atol=conf["learning_rate"] * steps), name
+    assert abs(runs[1]["val_loss"] - runs[2]["val_loss"]) <= 1e-4
+    assert runs[1]["best_epoch"] == runs[2]["best_epoch"] and runs[1]["val_accuracy"] == runs[2]["val_accuracy"]
+    card = read_card(store, runs[2]["model_uri"])
+    assert card.training["processes"] == 2 and card.training["device"]["device"] == "cpu"
+    assert "processes" not in read_card(store, runs[1]["model_uri"]).training
+
+
+def _a_rank(runner_pid: int) -> psutil.Process | None:
+    """A training process of the run: the launcher spawns them (their rank is set after they start)."""
+    for child in psutil.Process(runner_pid).children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in command and "resource_tracker" not in command:
+            return child
+    return None
+
+
+def test_sigkill_of_one_rank_fails_the_try_and_the_retry_resumes_from_the_checkpoint(
+    store, demo, data, bucket, airflow_db
+):
+    dag = "tl_test_retrying_partial_freeze"  # retries 1 s apart
+    conf = {
+        "dataset_uri": data, "pretrained_uri": demo.source_model, "model_name": "digits", "epochs": 3,
+        "patience": None, "batch_size": 16, "num_processes": 2, "work_uri": f"s3://{bucket}/work",
+        "registry_uri": f"s3://{bucket}/registry", "on_class_change": "promote",
+    }  # fmt: skip
+    run = Run("start", dag, json.dumps(conf), env=dict(os.environ))
+    prefix = f"s3://{bucket}/work/runs/{dag}/{slug(run.run_id())}/train"
+    deadline = time.monotonic() + 300
+    while not store.exists(f"{prefix}/checkpoints/latest.json"):
+        assert run.process.poll() is None, run.output[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.1)
+    victim = _a_rank(run.process.pid)
+    assert victim is not None, "no training process among the run's"
+    victim.send_signal(signal.SIGKILL)
+
+    output = run.finish()
+    assert re.search(rf"Training process rank \d of 2 \(pid {victim.pid}\) was killed by SIGKILL", output), output
+    assert f"[rank 0] INFO airflow_tl.training.engine: Resuming from checkpoint {prefix}/checkpoints" in output
+    card = read_card(store, f"{prefix}/model")
+    assert card.training["resumed_from_epoch"] >= 1 and [h["epoch"] for h in card.history] == [1, 2, 3]
+
+
+def test_a_corrupt_image_in_one_ranks_share_fails_at_once_naming_rank_and_image(store, demo, data, bucket):
+    dataset = f"s3://{bucket}/data"
+    copy_dataset(store, data, dataset)
+    store.put_bytes(f"{dataset}/train/7/broken.png", b"not a png")
+    with pytest.raises(CorruptImagesError, match=r"rank \d of 2 failed: .*broken\.png"):
+        train(
+            store, model_uri=demo.source_model, dataset_uri=dataset, output_uri=f"s3://{bucket}/out/model",
+            checkpoint_uri=None, config=TrainConfig(epochs=1, batch_size=16, freeze_layers=5), device="cpu",
+            num_processes=2, worker_store=functools.partial(s3_store, "aws_default"),
+        )  # fmt: skip
+    assert not store.exists(f"s3://{bucket}/out/model/model.json")
+
+
+def test_more_processes_than_a_batch_can_be_shared_among_is_refused_before_any_starts(store, demo, data):
+    started = time.monotonic()
+    with pytest.raises(InvalidArgumentError, match=r"num_processes=3 makes 3 processes, .* at most 2"):
+        train(
+            store, model_uri=demo.source_model, dataset_uri=data, output_uri=f"s3://{BUCKET}/never/model",
+            checkpoint_uri=None, config=TrainConfig(batch_size=2), num_processes=3,
+            worker_store=functools.partial(s3_store, "aws_default"),
+        )  # fmt: skip
+    assert time.monotonic() - started < 5
