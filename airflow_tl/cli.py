@@ -11,17 +11,19 @@ Commands and their config keys (the keyword arguments of the function each runs;
 
 - ``fetch``: ``pretrained.fetch.FetchSpec``'s fields and ``output_uri``;
 - ``extract``: ``model_uri``, ``dataset_uri``, ``features_root``, ``layout``, ``split_seed``, ``batch_size``,
-  ``threads``, ``skip_corrupt``, ``device``;
+  ``threads``, ``skip_corrupt``, ``device``, ``num_processes``;
 - ``train``: ``training.task.train``'s arguments and ``TrainConfig``'s fields; ``num_processes`` for several
   processes, and ``nnodes``, ``rdzv_endpoint``, ``rdzv_timeout`` and ``rdzv_id`` (the same on every node) for
   several machines, each running this command;
 - ``assess``: ``assess.task.assess``'s arguments;
-- ``evaluate``: ``evaluation.task.evaluate_and_register``'s arguments, ``Gate``'s fields (``gate_metric``
-  for its metric), and ``version`` (required: outside a DAG run nothing else names it).
+- ``evaluate``: ``evaluation.task.evaluate_and_register``'s arguments and ``Gate``'s fields (``gate_metric``
+  for its metric); ``version``, or a ``context`` with the DAG run's ``dag_id`` and ``run_id`` to take the
+  run's next ``v<n>`` as the operator does.
 
 S3 is reached through the Airflow connection ``--aws-conn-id`` (``aws_default``), which a container sets in
 ``AIRFLOW_CONN_AWS_DEFAULT``: no Airflow database is needed. The last line on stdout is the task's summary
-as JSON, what the operator returns as its XCom; an error's type and message are the last line on stderr.
+as JSON, what the operator returns as its XCom (``--xcom-file`` writes it to a file too, for a Kubernetes
+pod's XCom sidecar); an error's type and message are the last line on stderr.
 Exit status: 0 done; 2 an error no retry can fix (bad
 config, bad data); 75 (EX_TEMPFAIL) an error worth retrying (S3 kept failing).
 """
@@ -36,6 +38,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from airflow_tl.exceptions import AirflowTLError, InvalidArgumentError, PermanentError
@@ -55,18 +58,21 @@ def _fetch(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, 
 
 def _extract(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
     from airflow_tl.data.dataset import list_dataset
-    from airflow_tl.devices import placement
+    from airflow_tl.devices import placement_for
     from airflow_tl.features.extract import extract_features
+    from airflow_tl.hooks.s3 import worker_store_factory
 
     own = {"dataset_uri", "layout", "split_seed", "device"}
-    passed = _arguments(extract_features, exclude={"store", "dataset", "model_folder", "place"})
+    passed = _arguments(extract_features, exclude={"store", "dataset", "model_folder", "place", "worker_store"})
     _check(config, passed | own, "extract", required={"model_uri", "dataset_uri", "features_root"})
-    place = placement(config.get("device", "auto"))
+    processes = config.get("num_processes", 1)
+    place = placement_for(config.get("device", "auto"), processes)
     dataset = list_dataset(
         store, config["dataset_uri"], seed=config.get("split_seed", 0), layout=config.get("layout", "auto")
     )
     kwargs = {k: v for k, v in config.items() if k in passed}
-    result = extract_features(store, dataset=dataset, place=place, **kwargs)
+    worker_store = worker_store_factory(aws_conn_id) if processes > 1 else None
+    result = extract_features(store, dataset=dataset, place=place, worker_store=worker_store, **kwargs)
     return {"features_uri": result.uri, **{k: v for k, v in result.summary().items() if k != "uri"}}
 
 
@@ -102,10 +108,11 @@ def _evaluate(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[st
 
     gate_fields = {"gate_metric": "metric", **{f.name: f.name for f in dataclasses.fields(Gate) if f.name != "metric"}}
     passed = _arguments(evaluate_and_register, exclude={"store", "gate"})
-    required = {"model_uri", "dataset_uri", "registry_uri", "model_name", "version"}
+    # No version: the run's next v<n>, which needs the context's dag_id and run_id (a pod's, in a DAG run).
+    required = {"model_uri", "dataset_uri", "registry_uri", "model_name"}
     _check(config, passed | set(gate_fields), "evaluate", required=required)
     gate = Gate(**{gate_fields[k]: v for k, v in config.items() if k in gate_fields})
-    kwargs = {k: v for k, v in config.items() if k in passed}
+    kwargs = {"version": None} | {k: v for k, v in config.items() if k in passed}
     return evaluate_and_register(store, gate=gate, **kwargs).summary()
 
 
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--config", required=True, help="JSON object, @file.json, or s3://…/config.json")
     parser.add_argument("--aws-conn-id", default="aws_default", help="Airflow connection to S3")
+    parser.add_argument("--xcom-file", help="also write the summary JSON here (a Kubernetes pod's XCom file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -176,5 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     except AirflowTLError as err:
         print(f"error (worth a retry): {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return EXIT_RETRY
-    print(json.dumps(summary, default=str), flush=True)
+    text = json.dumps(summary, default=str)
+    if args.xcom_file:
+        path = Path(args.xcom_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    print(text, flush=True)
     return 0

@@ -183,6 +183,20 @@ def placement(spec: Any = "auto") -> Placement:
     return result
 
 
+def placement_for(spec: Any, processes: int) -> Placement:
+    """``placement(spec)`` for one process; for several, where they compute: the CPU, or CUDA (``cuda:0``
+    stands for it; process r takes ``cuda:r``), checked against this machine's GPUs as ``process_devices``."""
+    if processes == 1:
+        return placement(spec)
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    kind = process_devices(spec, processes, gpus)
+    where = "a GPU of its own" if kind == "cuda" else "the CPU"
+    log.info("%d processes, each on %s (device=%r)", processes, where, spec)
+    return placement("cuda:0" if kind == "cuda" else "cpu")
+
+
 def to_host(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights as contiguous CPU tensors in the default layout: what model folders and checkpoints hold."""
     import torch

@@ -13,7 +13,7 @@ a day). See docs/deploy.md, "Retraining when data arrives".
 """
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG, task
 
@@ -35,7 +35,7 @@ with DAG(
     schedule="@continuous",
     # @continuous starts each run's interval where the last one ended. Without a start date the first
     # interval is empty, and the second run would repeat the first's logical date and never be created.
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     max_active_runs=1,  # @continuous requires it: one wait at a time
     # A continuous DAG that fails (S3 unreachable, a bad prefix) would start failing again at once: pause it.
     max_consecutive_failed_dag_runs=3,

@@ -243,6 +243,21 @@ def small_target(demo, local_s3):
 
 
 @pytest.fixture(scope="session")
+def trained_by_operator(demo, small_target, run_dag) -> dict[str, str]:
+    """One epoch of full fine-tuning on ``small_target`` by the operators (tl_test_train_full_finetune, batches of
+    32, learning rate 1e-3, seed 0), for tests that check other ways of running it (the command line, pods) do
+    the same work: the fetched and the trained model's URIs."""
+    from airflow_tl.hooks.s3 import s3_store
+
+    bucket = f"tl-operator-{uuid.uuid4().hex[:8]}"
+    s3_store().ensure_bucket(bucket)
+    conf = {"pretrained_uri": demo.source_model, "dataset_uri": small_target, "work_uri": f"s3://{bucket}/work"}
+    result = run_dag("tl_test_train_full_finetune", conf | {"epochs": 1})
+    assert result.state == "success", result.failures
+    return {"fetched": result.xcoms["fetch"]["model_uri"], "trained": result.xcoms["train"]["model_uri"]}
+
+
+@pytest.fixture(scope="session")
 def dashboard_server(airflow_db, local_s3):
     """An Airflow API server with the dashboard plugin, showing the registry ``s3://tl-dashboard/registry``."""
     from airflow_tl.hooks.s3 import s3_store

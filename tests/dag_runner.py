@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 
 def _dag(dag_id: str):
@@ -30,7 +30,7 @@ def start(dag_id: str, conf: dict) -> str:
     from airflow.models.dagrun import DagRun
 
     dag = _dag(dag_id)
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     print(f"RUN_ID {DagRun.generate_run_id(run_type='manual', logical_date=now, run_after=now)}", flush=True)
     return dag.test(logical_date=now, run_after=now, run_conf=conf).state
 

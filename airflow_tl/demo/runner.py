@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def run_demo(
         from airflow_tl.demo.seed import DemoURIs
 
         uris = DemoURIs(bucket)
-        started = datetime.now(UTC).isoformat(timespec="seconds")
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for strategy in STRATEGIES:
             conf = demo_conf(strategy, uris)
             if train_epochs:

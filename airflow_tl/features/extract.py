@@ -15,8 +15,9 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -83,6 +84,8 @@ def extract_features(
     shard_rows: int = 8192,
     model_folder: tuple[dict[str, torch.Tensor], ModelCard] | None = None,
     place: Placement | None = None,
+    num_processes: int = 1,
+    worker_store: Callable[[], S3Store] | None = None,
 ) -> FeatureResult:
     """Features of every image under ``<features_root>/<cache key>/``, computed only when not cached.
 
@@ -90,6 +93,11 @@ def extract_features(
     assessment needs the source's head too): a large model's weights are then read from S3 once, not twice.
     ``place`` is where the network runs (the CPU by default); features are stored as float32 either way, and
     the cache key leaves the device out: features agree across devices to autocast's tolerance.
+
+    ``num_processes`` > 1: each process (``training.launch``; on CUDA each on its own GPU, when ``place`` is one)
+    extracts a contiguous block of every split into shards of its own, and this process writes the index with
+    the shards in block order: the rows come out in the order one process writes them. ``worker_store`` is how
+    each process builds its S3 client.
     """
     place = place or cpu()
     card = model_folder[1] if model_folder is not None else read_card(store, model_uri)
@@ -100,23 +108,76 @@ def extract_features(
         return FeatureResult(
             str(folder), True, cached["counts"], cached["feature_dim"], 0, None, cached["skipped_corrupt"]
         )
+    log.info("Feature cache miss: extracting features of %s with %s into %s", dataset.uri, model_uri, folder)
+    started = time.monotonic()
+    work = {
+        "model_uri": model_uri, "folder": str(folder), "batch_size": batch_size, "threads": threads,
+        "skip_corrupt": skip_corrupt, "shard_rows": shard_rows,
+    }  # fmt: skip
+    if num_processes == 1:
+        parts = [_extract_part(store, dataset=dataset, place=place, model_folder=model_folder, **work)]
+    else:
+        parts = _extract_in_processes(dataset, place, num_processes, worker_store, work)
+    counts = {split: sum(p.counts[split] for p in parts) for split in SPLITS}
+    shards = {split: [s for p in parts for s in p.shards[split]] for split in SPLITS}
+    skipped = sorted({key for p in parts for key in p.skipped})
+    manifest = dataset.manifest().to_bytes()
+    store.put_bytes(folder.join(MANIFEST_FILE), manifest)
+    rate = sum(counts.values()) / max(time.monotonic() - started, 1e-9)
+    log.info("Extracted %s features (%.0f images/s)", ", ".join(f"{n} {s}" for s, n in counts.items()), rate)
+    index = {
+        "format_version": FORMAT_VERSION,
+        "model_uri": model_uri,
+        "weights_sha256": card.weights_sha256,
+        "architecture": card.architecture,
+        "feature_dim": parts[0].dim,
+        "class_names": dataset.class_names,
+        "dataset_uri": dataset.uri,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "data_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        "input": asdict(card.input),
+        "counts": counts,
+        "shards": shards,
+        "skipped_corrupt": skipped,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": parts[0].device,
+        **({"processes": num_processes} if num_processes > 1 else {}),
+    }
+    store.put_bytes(folder.join(INDEX_FILE), json.dumps(index, indent=2).encode(), content_type="application/json")
+    passes = sum(p.passes for p in parts)
+    return FeatureResult(str(folder), False, counts, parts[0].dim, passes, round(rate, 1), skipped)
 
+
+@dataclass
+class _Part:
+    """What one process extracted: its shards by split, in order, and what it saw."""
+
+    shards: dict[str, list[dict]]
+    counts: dict[str, int]
+    dim: int
+    passes: int
+    skipped: list[str]
+    device: dict[str, Any]
+
+
+def _extract_part(
+    store, *, model_uri, dataset, folder, batch_size, threads, skip_corrupt, shard_rows, place, model_folder=None,
+    shard_prefix: str = "",
+) -> _Part:  # fmt: skip
     state_dict, card = model_folder if model_folder is not None else load_model_folder(store, model_uri)
     model, dim = as_feature_extractor(instantiate(card, state_dict, source=model_uri), card.architecture)
     place.model(model)
     stream = ImageStream(store, dataset, card.input, batch_size=batch_size, threads=threads, skip_corrupt=skip_corrupt)
-    log.info(
-        "Feature cache miss: extracting %d-dim features of %s with %s into %s", dim, dataset.uri, model_uri, folder
-    )
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
     pending: dict[str, tuple[list, list]] = {split: ([], []) for split in SPLITS}
-    passes, started = 0, time.monotonic()
+    passes = 0
 
     def flush(split: str) -> None:
         rows, labels = pending[split]
         if rows:
-            shards[split].append(_write_shard(store, str(folder), split, len(shards[split]), rows, labels))
+            name = f"{split}-{shard_prefix}{len(shards[split]):05d}"
+            shards[split].append(_write_shard(store, folder, name, rows, labels))
             pending[split] = ([], [])
 
     # One stream over all splits, so loading never pauses at a split boundary.
@@ -130,35 +191,38 @@ def extract_features(
             flush(batch.split)
     for split in SPLITS:
         flush(split)
-    manifest = dataset.manifest().to_bytes()
-    store.put_bytes(folder.join(MANIFEST_FILE), manifest)
-    rate = sum(counts.values()) / max(time.monotonic() - started, 1e-9)
-    log.info("Extracted %s features (%.0f images/s)", ", ".join(f"{n} {s}" for s, n in counts.items()), rate)
-    index = {
-        "format_version": FORMAT_VERSION,
-        "model_uri": model_uri,
-        "weights_sha256": card.weights_sha256,
-        "architecture": card.architecture,
-        "feature_dim": dim,
-        "class_names": dataset.class_names,
-        "dataset_uri": dataset.uri,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "data_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-        "input": asdict(card.input),
-        "counts": counts,
-        "shards": shards,
-        "skipped_corrupt": sorted(stream.skipped),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": place.describe(),
-    }
-    store.put_bytes(folder.join(INDEX_FILE), json.dumps(index, indent=2).encode(), content_type="application/json")
-    return FeatureResult(str(folder), False, counts, dim, passes, round(rate, 1), sorted(stream.skipped))
+    return _Part(shards, counts, dim, passes, sorted(stream.skipped), place.describe())
 
 
-def _write_shard(store: S3Store, folder: str, split: str, number: int, rows, labels) -> dict:
+def _extract_in_processes(dataset, place: Placement, num_processes: int, worker_store, work: dict) -> list[_Part]:
+    from airflow_tl.training.launch import Job, errors_folder, launch
+
+    if worker_store is None:
+        raise InvalidArgumentError("num_processes > 1 needs worker_store: how each process builds its S3 client.")
+    kind = "cuda" if place.is_cuda else "cpu"
+    with errors_folder() as errors:
+        job = Job(_extract_rank, {"dataset": dataset, "device": kind, **work}, worker_store, "gloo", errors)
+        results = launch(job, num_processes=num_processes)
+    return [results[rank] for rank in sorted(results)]
+
+
+def _extract_rank(*, world, store: S3Store, dataset: ImageDataset, device: str, **work) -> _Part:
+    """One process's block: the same contiguous share of every split, into shards named after its rank."""
+    from airflow_tl.devices import placement
+
+    place = placement(f"cuda:{world.local_rank}" if device == "cuda" else "cpu")
+    items = []
+    for split in SPLITS:
+        part = dataset.split(split)
+        items += part[len(part) * world.rank // world.size : len(part) * (world.rank + 1) // world.size]
+    block = replace(dataset, items=items)
+    return _extract_part(store, dataset=block, place=place, shard_prefix=f"r{world.rank:03d}-", **work)
+
+
+def _write_shard(store: S3Store, folder: str, name: str, rows, labels) -> dict:
     tensors = {"features": torch.cat(rows).contiguous(), "labels": torch.cat(labels).contiguous()}
     rows.clear()  # the batches now live on in ``tensors`` only
-    name = f"{split}-{number:05d}.safetensors"
+    name = f"{name}.safetensors"
     sha256 = write_tensors(store, f"{folder}/{name}", tensors)
     return {"file": name, "rows": len(tensors["labels"]), "sha256": sha256}
 

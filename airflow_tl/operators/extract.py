@@ -31,6 +31,8 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         instead of failing with their keys. (templated)
     :param split_seed: seed of the split when the dataset has no train/val/test folders. (templated)
     :param layout: ``"auto"``, ``"splits"`` or ``"classes"``: how to read the dataset's folders. (templated)
+    :param num_processes: processes extracting at once, each a contiguous block of every split (on CUDA each on
+        a GPU of its own); the features come out in the same order as from one. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -44,6 +46,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         "skip_corrupt",
         "split_seed",
         "layout",
+        "num_processes",
     )
     uri_fields = (*TransferLearningBaseOperator.uri_fields, "model_uri", "dataset_uri", "features_root")
     ui_color = "#eaf5ea"
@@ -60,6 +63,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         skip_corrupt: bool = False,
         split_seed: int = 0,
         layout: str = "auto",
+        num_processes: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,6 +76,7 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
         self.skip_corrupt = skip_corrupt
         self.split_seed = split_seed
         self.layout = layout
+        self.num_processes = num_processes
 
     def lineage_inputs(self) -> list[str | None]:
         return [self.model_uri, self.dataset_uri]
@@ -79,10 +84,11 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
         from airflow_tl.data.dataset import list_dataset
-        from airflow_tl.devices import placement
+        from airflow_tl.devices import placement_for
         from airflow_tl.features.extract import extract_features
+        from airflow_tl.hooks.s3 import worker_store_factory
 
-        place = placement(self.device)  # first: a missing GPU fails before anything is listed or read
+        place = placement_for(self.device, self.num_processes)  # first: a missing GPU fails before any reading
         root = self.features_folder(self.features_root)
         dataset = list_dataset(self.store, self.dataset_uri, seed=self.split_seed, layout=self.layout)
         result = extract_features(
@@ -94,6 +100,8 @@ class ExtractFeaturesOperator(TransferLearningBaseOperator):
             threads=self.threads,
             place=place,
             skip_corrupt=self.skip_corrupt,
+            num_processes=self.num_processes,
+            worker_store=worker_store_factory(self.aws_conn_id) if self.num_processes > 1 else None,
         )
         self._lineage_outputs = [result.uri]
         summary = result.summary()

@@ -10,7 +10,7 @@ sleeps a ``poke_interval`` before it fires, so such a wake costs one listing per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_tl.operators.base import TransferLearningBaseOperator
@@ -107,8 +107,8 @@ class WaitForImagesOperator(TransferLearningBaseOperator):
         timeout = None
         if self.wait_timeout is not None:
             # A task resumed from deferral keeps its start date: the wait is measured from the first try's start.
-            started = context["ti"].start_date or datetime.now(UTC)
-            timeout = started + self.wait_timeout - datetime.now(UTC)
+            started = context["ti"].start_date or datetime.now(timezone.utc)
+            timeout = started + self.wait_timeout - datetime.now(timezone.utc)
             if timeout <= timedelta(0):
                 self._timed_out()
         incoming = parse_s3_uri(self.incoming_uri, what="incoming_uri")

@@ -20,9 +20,11 @@ from airflow_tl.operators import (
     FreezeAndTrainOperator,
 )
 from airflow_tl.pipelines.assets import ASSET_SCHEME, dataset_asset, model_asset  # noqa: F401  (public here too)
+from airflow_tl.pipelines.nodes import NODE_SETTINGS, mapped_train, node_params
 from airflow_tl.pipelines.params import DEMO_DEFAULTS, strategy_params
 from airflow_tl.pipelines.placement import apply_task_args
 from airflow_tl.pipelines.strategies import Strategy, get_strategy
+from airflow_tl.uris import slug
 
 # Settings every task reads; in a DAG built here each is "{{ params.<name> }}".
 SETTINGS = (
@@ -65,6 +67,9 @@ def build_dag(
     default_args: dict[str, Any] | None = None,
     timeouts: dict[str, timedelta] | None = None,
     task_args: dict[str, dict[str, Any]] | None = None,
+    multinode: bool = False,
+    compute: str = "airflow",
+    pod: dict[str, Any] | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """The DAG of one strategy, its settings as Params.
@@ -73,26 +78,59 @@ def build_dag(
     Params' defaults and name the Asset the evaluate task updates. ``param_defaults`` overrides other
     Params' defaults; ``timeouts`` overrides ``TIMEOUTS`` by task id; ``default_args`` goes to every task.
     ``task_args`` sets queue, pool, executor and priority by task id (``pipelines.placement``).
+    ``multinode=True`` maps train over ``nnodes`` machines meeting at ``rdzv_endpoint`` (``pipelines.nodes``).
+    ``compute="kubernetes"`` runs extraction, training and evaluation as ``python -m airflow_tl`` in pods;
+    ``pod`` gives their KubernetesPodOperator arguments, ``image`` at least (``operators.pod``).
     """
     spec = get_strategy(strategy)
+    _check_compute(compute, pod, multinode)
+    if multinode and spec.uses_features:
+        raise InvalidArgumentError(
+            f"{spec.name} fits a head on cached features in one process: multinode=True is for strategies that "
+            "train on images (partial_freeze, full_finetune, from_scratch)."
+        )
     dag_id = dag_id or spec.dag_id
     defaults = {"registry_uri": registry_uri, "model_name": model_name, **(param_defaults or {})}
+    params = strategy_params(spec, defaults)
+    if multinode:
+        params |= node_params(defaults)
     dag = DAG(
         dag_id=dag_id,
         description=f"{spec.title}: trains {spec.trains}",
         tags=["airflow-tl", "transfer-learning", spec.name],
-        params=strategy_params(spec, defaults),
+        params=params,
         default_args={**DEFAULT_ARGS, **(default_args or {})},
         doc_md=doc_md(spec, dag_id),
         schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
         **DAG_SETTINGS,
+        **({"user_defined_filters": {"tl_slug": slug}} if compute == "kubernetes" else {}),
         **dag_kwargs,
     )
     with dag:
-        settings = {name: f"{{{{ params.{name} }}}}" for name in SETTINGS}
-        _add_tasks(spec, settings, "", [model_asset(registry_uri, model_name)], {**TIMEOUTS, **(timeouts or {})})
+        names = (*SETTINGS, *(NODE_SETTINGS if multinode else ()))
+        settings = {name: f"{{{{ params.{name} }}}}" for name in names}
+        outlets = [model_asset(registry_uri, model_name)]
+        _add_tasks(spec, settings, "", outlets, {**TIMEOUTS, **(timeouts or {})}, pod if compute != "airflow" else None)
     apply_task_args(dag.tasks, task_args)
     return dag
+
+
+def _check_compute(compute: str, pod: dict[str, Any] | None, multinode: bool) -> None:
+    if compute not in ("airflow", "kubernetes"):
+        raise InvalidArgumentError(
+            f"Argument compute accepts only 'airflow' and 'kubernetes'. Provided value: {compute!r}."
+        )
+    if compute == "kubernetes" and not (pod and pod.get("image")):
+        raise InvalidArgumentError(
+            "compute='kubernetes' needs pod={'image': ...}: an image with airflow-tl installed, and the "
+            "KubernetesPodOperator arguments the pods need (namespace, secrets, container_resources...)."
+        )
+    if compute == "kubernetes" and multinode:
+        raise InvalidArgumentError(
+            "multinode=True trains on Airflow workers; it does not combine with compute='kubernetes'."
+        )
+    if compute == "airflow" and pod:
+        raise InvalidArgumentError("pod=... applies to compute='kubernetes' only.")
 
 
 def build_task_group(
@@ -135,12 +173,13 @@ def build_task_group(
 
 
 def _add_tasks(
-    spec: Strategy, s: dict[str, Any], prefix: str, outlets: list[Asset], timeouts: dict[str, timedelta]
-) -> None:
+    spec: Strategy, s: dict[str, Any], prefix: str, outlets: list[Asset], timeouts: dict[str, timedelta],
+    pod: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     fetch = fetch_task(s, timeouts, init=spec.init, architecture=s.get("architecture"))
     first, _ = strategy_tasks(
         spec, s, prefix, f"{{{{ ti.xcom_pull(task_ids='{prefix}fetch_pretrained')['model_uri'] }}}}", timeouts,
-        outlets=outlets,
+        outlets=outlets, pod=pod,
     )  # fmt: skip
     fetch >> first
 
@@ -171,23 +210,34 @@ def strategy_tasks(
     timeouts: dict[str, timedelta],
     *,
     outlets: list[Asset] | None = None,
+    pod: dict[str, Any] | None = None,
     **evaluate: Any,
-) -> tuple[Any, EvaluateOperator]:
+) -> tuple[Any, Any]:
     """[extract →] train → evaluate for one strategy, starting from ``model_uri``; returns (first, evaluate).
 
     ``prefix`` is the TaskGroup's (``"<group>."``) when the tasks are in one; ``evaluate`` adds EvaluateOperator
-    arguments (``promote``, ``version_suffix``, ``context_extra``).
+    arguments (``promote``, ``version_suffix``, ``context_extra``). With ``pod``, the three run as pods.
     """
 
+    def heavy(operator: type, command: str, task_id: str, args: dict[str, Any]) -> Any:
+        if pod is None:
+            return operator(task_id=task_id, **args)
+        from airflow_tl.operators.pod import pod_task
+
+        return pod_task(command, task_id, args, pod)
+
+    multinode = "nnodes" in s
+
     def pull(task_id: str, key: str) -> str:
-        return f"{{{{ ti.xcom_pull(task_ids='{prefix}{task_id}')['{key}'] }}}}"
+        # A mapped train (one instance per node) is read at map index 0: every node returns the same summary.
+        index = ", map_indexes=0" if multinode and task_id == "train" else ""
+        return f"{{{{ ti.xcom_pull(task_ids='{prefix}{task_id}'{index})['{key}'] }}}}"
 
     common = {"work_uri": s["work_uri"]}
     train_inputs: dict[str, Any] = {"dataset_uri": s["dataset_uri"]}
     extract = None
     if spec.uses_features:
-        extract = ExtractFeaturesOperator(
-            task_id="extract_features",
+        extract_args = dict(
             model_uri=model_uri,
             dataset_uri=s["dataset_uri"],
             split_seed=s["seed"],
@@ -195,12 +245,13 @@ def strategy_tasks(
             batch_size=s["batch_size"],
             skip_corrupt=s["skip_corrupt"],
             device=s["device"],
+            num_processes=s["num_processes"],
             execution_timeout=timeouts["extract_features"],
             **common,
         )
+        extract = heavy(ExtractFeaturesOperator, "extract", "extract_features", extract_args)
         train_inputs = {"features_uri": pull("extract_features", "features_uri")}
-    train = FreezeAndTrainOperator(
-        task_id="train",
+    train_args = dict(
         model_uri=model_uri,
         freeze_layers=s["freeze_layers"] if spec.freeze_layers is None else spec.freeze_layers,
         init=spec.init,
@@ -214,14 +265,17 @@ def strategy_tasks(
         layout=s["layout"],
         skip_corrupt=s["skip_corrupt"],
         device=s["device"],
-        # A head fitted on cached features runs in one process: the Param is only on image-training DAGs.
+        # A head fitted on cached features runs in one process: the Param went to the extraction.
         num_processes=1 if spec.uses_features else s["num_processes"],
         execution_timeout=timeouts["train"],
         **train_inputs,
         **common,
     )
-    evaluate_task = EvaluateOperator(
-        task_id="evaluate",
+    if multinode:
+        first_train, train = mapped_train(s, **train_args)
+    else:
+        first_train = train = heavy(FreezeAndTrainOperator, "train", "train", train_args)
+    evaluate_args = dict(
         model_uri=pull("train", "model_uri"),
         dataset_uri=s["dataset_uri"],
         registry_uri=s["registry_uri"],
@@ -241,10 +295,11 @@ def strategy_tasks(
         **{"context_extra": {"strategy": spec.name}, **evaluate},
         **common,
     )
+    evaluate_task = heavy(EvaluateOperator, "evaluate", "evaluate", evaluate_args)
     if extract is not None:
         extract >> train
     train >> evaluate_task
-    return extract or train, evaluate_task
+    return extract or first_train, evaluate_task
 
 
 def doc_md(spec: Strategy, dag_id: str) -> str:

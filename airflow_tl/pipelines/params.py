@@ -140,14 +140,18 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             description="LP-FT: fit the new head as a linear probe on the frozen features first, then fine-tune "
             "everything from there (Kumar et al. 2022)",
         )
+    params["num_processes"] = Param(
+        d["num_processes"],
+        type="integer",
+        minimum=1,
+        description=(
+            "processes extracting features on the worker, each a block of the images (one GPU each on CUDA)"
+            if strategy.uses_features
+            else "training processes on the worker, data-parallel under torch.distributed (one GPU each on "
+            "CUDA); at most the batch size and the training images"
+        ),
+    )
     if not strategy.uses_features:
-        params["num_processes"] = Param(
-            d["num_processes"],
-            type="integer",
-            minimum=1,
-            description="training processes on the worker, data-parallel under torch.distributed (one GPU each on "
-            "CUDA); at most the batch size and the training images",
-        )
         params["augment"] = Param(
             d["augment"],
             type="boolean",

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -162,7 +162,7 @@ def fetch_pretrained(spec: FetchSpec, *, store: S3Store, output_uri: str) -> Fet
             "init": spec.init,
             "seed": spec.seed,
             "new_head": new_head,
-            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "fetch_fingerprint": spec.fingerprint(),
             "source_lineage": source.lineage,
         },

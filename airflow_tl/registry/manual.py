@@ -9,7 +9,7 @@ nothing is written. Every action is appended to the history with the user's name
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_tl.exceptions import InvalidArgumentError, PermanentError
@@ -59,7 +59,7 @@ def set_champion(
         )
     metric = (state.champion.pointer.get("metric") if state.champion else None) or "accuracy"
     score = (registry.read_metrics(version).get("summary") or {}).get(metric)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     by_hand = {"action": action, "user": user, "reason": reason}
     pointer = {
         "format_version": 1,

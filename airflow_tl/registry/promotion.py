@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_tl.evaluation.metrics import HIGHER_IS_BETTER, better, check_metric, passes_min_score
@@ -187,7 +187,7 @@ def promote_if_better(
                 "metric": gate.metric,
                 "score": score,
                 "previous": champion.version if champion else None,
-                "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **context,
             }
             if not registry.replace_champion(pointer, etag=state.etag):

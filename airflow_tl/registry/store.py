@@ -15,7 +15,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_tl.data.manifest import MANIFEST_FILE
@@ -208,7 +208,7 @@ class Registry:
 
     def record(self, event: dict[str, Any]) -> str:
         """Append one decision to the history; returns its URI. Keys sort by time and are never reused."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         decision = "promoted" if event.get("promoted") else "kept"
         uri = self.root.join("history", f"{stamp}-{event['version']}-{decision}.json")
         document = {"format_version": FORMAT_VERSION, "model_name": self.model_name, "recorded_at": _now(), **event}
@@ -222,7 +222,7 @@ class Registry:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _json(document: dict[str, Any]) -> bytes:

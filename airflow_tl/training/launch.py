@@ -13,6 +13,7 @@ worker that died without a word (SIGKILL, out of memory) or a rendezvous that di
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -21,7 +22,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,18 +101,19 @@ def launch(job: Job, *, num_processes: int, nodes: Nodes = Nodes()) -> dict[int,
         rdzv_backend="c10d",
         # One machine: a store on a free loopback port, as torchrun --standalone does.
         rdzv_endpoint="127.0.0.1:0" if single else nodes.endpoint,
-        rdzv_configs={"timeout": int(nodes.timeout_s), "join_timeout": int(nodes.timeout_s)},
+        rdzv_configs={"join_timeout": int(nodes.timeout_s)},
         max_restarts=0,
         monitor_interval=0.5,
         start_method="spawn",  # a fresh interpreter: no forked S3 clients, threads or CUDA state
     )
     where = "on this machine" if single else f"here, of {nodes.count} nodes meeting at {nodes.endpoint}"
-    log.info("Starting %d training processes %s (%s)", num_processes, where, job.backend)
+    log.info("Starting %d process%s %s (%s)", num_processes, "es" if num_processes > 1 else "", where, job.backend)
     # torch's agent logs its whole launch configuration at INFO; the line above says what matters.
     for name in ("torch.distributed.elastic", "torchelastic-events-null"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return elastic_launch(config, _worker)(job)
+        with _as_library():
+            return elastic_launch(config, _worker)(job)
     except ChildFailedError as err:
         raise explain(err.failures, Path(job.errors), num_processes * nodes.count) from None
     except RendezvousError as err:
@@ -120,6 +122,23 @@ def launch(job: Job, *, num_processes: int, nodes: Nodes = Nodes()) -> dict[int,
             f"{config.rdzv_endpoint} within {nodes.timeout_s:g} s ({type(err).__name__}: {err}). Every node "
             "stops, and nothing is published; check that each node's task started and reaches the endpoint."
         ) from None
+
+
+@contextlib.contextmanager
+def _as_library() -> Iterator[None]:
+    """Workers start as fresh interpreters that import Airflow (our errors derive from its exceptions). In a
+    task process Airflow's supervisor has blocked the metadata database with an unusable ``sql_alchemy_conn``,
+    which a fresh ``import airflow`` would try to configure, and fail on. Workers need no database: they import
+    Airflow as a library, as ``_AIRFLOW__AS_LIBRARY`` tells it to, without configuring one."""
+    saved = os.environ.get("_AIRFLOW__AS_LIBRARY")
+    os.environ["_AIRFLOW__AS_LIBRARY"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["_AIRFLOW__AS_LIBRARY"]
+        else:
+            os.environ["_AIRFLOW__AS_LIBRARY"] = saved
 
 
 def explain(failures: dict[int, Any], errors: Path, world_size: int) -> Exception:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -342,7 +342,7 @@ def _write(store, output_uri, weights, parent, classes, training, result, model_
         lineage={
             "parent": model_uri,
             "parent_sha256": parent.weights_sha256,
-            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **lineage,
             "data_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         },

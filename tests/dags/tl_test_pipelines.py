@@ -20,6 +20,11 @@ for name in STRATEGIES:
         name, dag_id=f"tl_test_pipeline_{name}", schedule=None, default_args=NO_RETRIES
     )
 
+# Train mapped over node ranks, meeting at the rdzv_endpoint Param.
+dag_multinode = build_dag(
+    "partial_freeze", dag_id="tl_test_multinode_partial_freeze", schedule=None, default_args=NO_RETRIES, multinode=True
+)
+
 # The factory's retries (2), seconds apart instead of minutes: a permanent error must still fail at the first try.
 RETRIES = {
     "retries": 2,

@@ -46,6 +46,7 @@ for strategy, spec in STRATEGIES.items():
                 model_uri="{{ ti.xcom_pull('fetch')['model_uri'] }}",
                 dataset_uri="{{ params.dataset_uri }}",
                 skip_corrupt="{{ params.skip_corrupt }}",
+                num_processes="{{ params.num_processes }}",
                 work_uri="{{ params.work_uri }}",
             )
             fetch >> extract

@@ -25,13 +25,9 @@ def _summary(done: subprocess.CompletedProcess) -> dict | None:
 
 
 def test_training_from_the_command_line_does_what_the_operator_does(
-    store, bucket, demo, small_target, run_dag, tmp_path
+    store, bucket, small_target, trained_by_operator, tmp_path
 ):
-    conf = {"pretrained_uri": demo.source_model, "dataset_uri": small_target, "work_uri": f"s3://{bucket}/work"}
-    by_operator = run_dag("tl_test_train_full_finetune", conf | {"epochs": 1})
-    assert by_operator.state == "success", by_operator.failures
-    fetched, trained = by_operator.xcoms["fetch"]["model_uri"], by_operator.xcoms["train"]["model_uri"]
-
+    fetched, trained = trained_by_operator["fetched"], trained_by_operator["trained"]
     # The operator's arguments as the test DAG renders them; the rest are both sides' defaults.
     config = {
         "model_uri": fetched, "dataset_uri": small_target, "output_uri": f"s3://{bucket}/cli/model",

@@ -21,8 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load
 
+from airflow_tl.data.dataset import list_dataset
 from airflow_tl.data.loader import CorruptImagesError
+from airflow_tl.demo.local_s3 import free_port
 from airflow_tl.exceptions import InvalidArgumentError
+from airflow_tl.features.extract import extract_features, load_split, read_features_index
 from airflow_tl.hooks.s3 import s3_store
 from airflow_tl.models.folder import read_card
 from airflow_tl.training.config import TrainConfig
@@ -128,3 +131,47 @@ def test_more_processes_than_a_batch_can_be_shared_among_is_refused_before_any_s
             worker_store=functools.partial(s3_store, "aws_default"),
         )  # fmt: skip
     assert time.monotonic() - started < 5
+
+
+def test_a_node_that_never_comes_fails_every_node_after_the_timeout_and_nothing_is_published(
+    store, demo, data, bucket, run_dag
+):
+    # dag.test runs one task instance at a time: node 0 waits alone, then node 1 does.
+    conf = {
+        "dataset_uri": data, "pretrained_uri": demo.source_model, "work_uri": f"s3://{bucket}/work", "epochs": 1,
+        "registry_uri": f"s3://{bucket}/registry", "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{free_port()}",
+        "rdzv_timeout": 5,
+    }  # fmt: skip
+    started = time.monotonic()
+    result = run_dag("tl_test_multinode_partial_freeze", conf)
+    assert result.state == "failed" and result.task_states["evaluate"] == "upstream_failed"
+    failures = [f for f in result.failures if f["task_id"] == "train"]
+    assert len(failures) == 2, result.failures
+    for failure in failures:
+        assert failure["type"] == "RendezvousFailedError", failure
+        assert f"did not all meet at {conf['rdzv_endpoint']} within 5 s" in failure["message"]
+    assert not [o.key for o in store.list(f"s3://{bucket}/work") if "/train/" in o.key]
+    assert not list(store.list(f"s3://{bucket}/registry"))
+    assert time.monotonic() - started < 120
+
+
+def test_features_extracted_by_two_processes_in_a_dag_run_are_one_processs_in_the_same_order(
+    store, demo, data, run_dag
+):
+    result = run_dag(
+        "tl_test_train_feature_extraction",
+        {"pretrained_uri": demo.source_model, "dataset_uri": data, "work_uri": f"s3://{BUCKET}/fx", "num_processes": 2},
+    )
+    assert result.state == "success", result.failures
+    two = result.xcoms["extract_features"]
+    dataset = list_dataset(store, data)
+    one = extract_features(store, model_uri=demo.source_model, dataset=dataset, features_root=f"s3://{BUCKET}/fx-1")
+    assert two["counts"] == one.counts and two["forward_passes"] > one.forward_passes  # a block per process
+    index_one, index_two = (read_features_index(store, uri) for uri in (one.uri, two["features_uri"]))
+    assert index_two["processes"] == 2 and [s["file"] for s in index_two["shards"]["train"]] == [
+        "train-r000-00000.safetensors", "train-r001-00000.safetensors"
+    ]  # fmt: skip
+    for split in ("train", "val", "test"):
+        x1, y1 = load_split(store, one.uri, index_one, split)
+        x2, y2 = load_split(store, two["features_uri"], index_two, split)
+        assert torch.equal(y1, y2) and torch.allclose(x1, x2, atol=1e-5), split

@@ -5,6 +5,7 @@ event starts ``tl_retrain_on_data``."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,12 +13,17 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from airflow_tl.demo.local_s3 import free_port
 from airflow_tl.hooks.s3 import s3_store
+from airflow_tl.registry.store import Registry
+from airflow_tl.uris import slug
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = bytes.fromhex(
@@ -79,10 +85,26 @@ def _data_arrival_retrains(url: str, password: str, dataset: str, incoming: str,
     assert _wait_for("the next wait", lambda: wait_state() == "deferred")  # continuous: it waits again
 
 
-def test_make_airflow_serves_the_dashboard_on_loopback_and_ctrl_c_stops_everything(local_s3, bucket):
+@dataclass
+class Airflow:
+    url: str
+    home: str
+    password: str
+    process: subprocess.Popen
+    output: list[str]
+
+    def api(self) -> httpx.Client:
+        answer = httpx.post(f"{self.url}/auth/token", json={"username": "admin", "password": self.password})
+        token = answer.json()["access_token"]
+        return httpx.Client(base_url=f"{self.url}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def airflow(local_s3, bucket_name):
+    """``make airflow``'s command, up on a free port, with the shipped DAGs; stopped as Ctrl-C stops it."""
     home = tempfile.mkdtemp(prefix="airflow-tl-make-airflow-")
     port = free_port()
-    dataset, incoming = f"s3://{bucket}/datasets/arrivals", f"s3://{bucket}/incoming/arrivals"
+    dataset, incoming = f"s3://{bucket_name}/datasets/arrivals", f"s3://{bucket_name}/incoming/arrivals"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     env |= {"AIRFLOW_HOME": home, "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "PYTHONUNBUFFERED": "1"}
     env |= {"AIRFLOW_TL_RETRAIN_DATASET": dataset, "AIRFLOW_TL_RETRAIN_INCOMING": incoming}
@@ -101,20 +123,10 @@ def test_make_airflow_serves_the_dashboard_on_loopback_and_ctrl_c_stops_everythi
             assert time.monotonic() < deadline, "".join(output)[-4000:]
             time.sleep(1)
         text = "".join(output)
-        assert f"http://127.0.0.1:{port}" in text and "login       admin / " in text
-        assert httpx.get(f"http://127.0.0.1:{port}/airflow-tl/").status_code == 401  # the dashboard, behind auth
-        assert len(_processes_with(f"AIRFLOW_HOME={home}")) >= 5  # bash and the four Airflow processes
         password = text.split("login       admin / ", 1)[1].split()[0]
-        _data_arrival_retrains(f"http://127.0.0.1:{port}", password, dataset, incoming, PNG)
-
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the command
-        assert process.wait(90) == 0, "".join(output)[-3000:]
-        deadline = time.monotonic() + 30
-        while _processes_with(f"AIRFLOW_HOME={home}") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _processes_with(f"AIRFLOW_HOME={home}") == [], "processes left running after Ctrl-C"
+        yield Airflow(f"http://127.0.0.1:{port}", home, password, process, output)
     finally:
-        if process.poll() is None:  # the test failed while Airflow was up: let it clean up as on Ctrl-C
+        if process.poll() is None:  # a test failed while Airflow was up: let it clean up as on Ctrl-C
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(60)
@@ -123,3 +135,64 @@ def test_make_airflow_serves_the_dashboard_on_loopback_and_ctrl_c_stops_everythi
         # By process group: the executor's workers retitle themselves over their environment, hiding the marker.
         for group in {_group_of(pid) for pid in _processes_with(f"AIRFLOW_HOME={home}")} - {None, os.getpgrp()}:
             os.killpg(group, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def bucket_name(local_s3) -> str:
+    name = f"tl-make-airflow-{uuid.uuid4().hex[:8]}"
+    s3_store().client.create_bucket(Bucket=name)
+    return name
+
+
+def test_make_airflow_serves_the_dashboard_on_loopback_and_says_how_to_log_in(airflow):
+    text = "".join(airflow.output)
+    assert f"{airflow.url}" in text and "login       admin / " in text
+    assert httpx.get(f"{airflow.url}/airflow-tl/").status_code == 401  # the dashboard, behind auth
+    assert len(_processes_with(f"AIRFLOW_HOME={airflow.home}")) >= 5  # bash and the four Airflow processes
+
+
+def test_images_that_arrive_are_landed_and_start_the_retraining_dag(airflow, bucket_name):
+    dataset, incoming = f"s3://{bucket_name}/datasets/arrivals", f"s3://{bucket_name}/incoming/arrivals"
+    _data_arrival_retrains(airflow.url, airflow.password, dataset, incoming, PNG)
+
+
+def test_two_nodes_under_the_local_executor_train_as_one_and_publish_one_model(airflow, demo, small_target):
+    """tl_full_finetune_multinode with nnodes=2: two mapped task instances run at once, their training processes
+    meet at a loopback rendezvous, and rank 0's model is evaluated and published once."""
+    api = airflow.api()
+    _wait_for("the DAG processor", lambda: api.get("/dags/tl_full_finetune_multinode").status_code == 200)
+    assert api.patch("/dags/tl_full_finetune_multinode", json={"is_paused": False}).status_code == 200
+    bucket = small_target.split("/")[2]
+    conf = {
+        "dataset_uri": small_target, "pretrained_uri": demo.source_model, "work_uri": f"s3://{bucket}/multinode",
+        "registry_uri": f"s3://{bucket}/multinode-registry", "model_name": "digits", "epochs": 1,
+        "nnodes": 2, "num_processes": 1, "rdzv_endpoint": f"127.0.0.1:{free_port()}", "rdzv_timeout": 120,
+        "on_class_change": "promote",
+    }  # fmt: skip
+    answer = api.post("/dags/tl_full_finetune_multinode/dagRuns", json={"logical_date": None, "conf": conf})
+    assert answer.status_code == 200, answer.text
+    run_id = answer.json()["dag_run_id"]
+    run = f"/dags/tl_full_finetune_multinode/dagRuns/{run_id}"
+    state = _wait_for("the run to end", lambda: api.get(run).json()["state"] in ("success", "failed"), timeout=600)
+    tasks = api.get(f"{run}/taskInstances").json()["task_instances"]
+    states = {(t["task_id"], t["map_index"]): t["state"] for t in tasks}
+    assert state and api.get(run).json()["state"] == "success", states
+    assert states[("train", 0)] == states[("train", 1)] == "success"
+    nodes = [api.get(f"{run}/taskInstances/train/{i}").json() for i in (0, 1)]
+    assert nodes[0]["start_date"] < nodes[1]["end_date"] and nodes[1]["start_date"] < nodes[0]["end_date"]  # at once
+    store = s3_store()
+    model = f"{conf['work_uri']}/runs/tl_full_finetune_multinode/{slug(run_id)}/train/model"
+    card = json.loads(store.get_bytes(f"{model}/model.json"))
+    assert card["training"]["processes"] == 2  # one process on each node, one world
+    registry = Registry(store, conf["registry_uri"], "digits")
+    (version,) = registry.versions()
+    assert registry.champion().champion.version == version
+
+
+def test_ctrl_c_stops_every_process_make_airflow_started(airflow):
+    airflow.process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the command
+    assert airflow.process.wait(90) == 0, "".join(airflow.output)[-3000:]
+    deadline = time.monotonic() + 30
+    while _processes_with(f"AIRFLOW_HOME={airflow.home}") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(f"AIRFLOW_HOME={airflow.home}") == [], "processes left running after Ctrl-C"

@@ -40,7 +40,7 @@ def scripted_validation(monkeypatch):
     before the first one a fit will validate."""
     state = {"epoch": 0}
 
-    def evaluate(model, criterion, batches, place=None):
+    def evaluate(model, criterion, batches, place=None, world=None):
         for _ in batches:
             pass
         state["epoch"] += 1
