@@ -25,7 +25,7 @@ def small_threshold(monkeypatch):
 
 
 def write_split(store, folder: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    shards = [_write_shard(store, folder, "train", i, [x], [y]) for i, (x, y) in enumerate(batches)]
+    shards = [_write_shard(store, folder, f"train-{i:05d}", [x], [y]) for i, (x, y) in enumerate(batches)]
     return {"feature_dim": batches[0][0].shape[1], "shards": {"train": shards}}
 
 
