@@ -22,7 +22,7 @@ from torch import nn
 from airflow_tl.data.dataset import class_mapping, list_dataset
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE, read_manifest
-from airflow_tl.devices import Placement, cpu, placement, process_devices
+from airflow_tl.devices import Placement, cpu, placement, placement_for
 from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
 from airflow_tl.features.extract import load_split, read_features_index
 from airflow_tl.models.architectures import build_model, load_weights
@@ -109,14 +109,8 @@ def train(
     nodes = nodes or Nodes()
     _positive("num_processes", num_processes)
     processes = num_processes * nodes.count
-    if processes > 1 and not features_uri:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        kind = process_devices(device, num_processes, gpus)  # first, as placement below
-        place = None
-    else:
-        place = placement(device)  # first: a machine without the GPU asked for fails before reading anything
+    # First: a machine without the GPU(s) asked for fails before reading anything.
+    place = placement_for(device, num_processes) if processes > 1 and not features_uri else placement(device)
     if reset_head not in ("auto", True, False):
         raise InvalidArgumentError(
             f"Argument reset_head accepts only 'auto', True and False. Provided value: {reset_head!r}."
@@ -145,16 +139,18 @@ def train(
     _check_shardable(dataset, config, processes, num_processes, nodes)
     if worker_store is None:
         raise InvalidArgumentError("num_processes > 1 needs worker_store: how each process builds its S3 client.")
-    backend = "nccl" if kind == "cuda" else "gloo"
+    backend = "nccl" if place.is_cuda else "gloo"
+    # Several processes here: each on its own GPU by local rank. One per node: the very device asked for.
+    device = str(place.device) if num_processes == 1 else "cuda" if place.is_cuda else "cpu"
     with errors_folder() as errors:
-        job = Job(_train_rank, args | {"device": kind}, worker_store, backend=backend, errors=errors)
+        job = Job(_train_rank, args | {"device": device}, worker_store, backend=backend, errors=errors)
         results = launch(job, num_processes=num_processes, nodes=nodes)
     return results[min(results)]
 
 
 def _train_rank(*, world: World, store: S3Store, device: str, **args) -> TrainResult:
     """One process of a distributed run: its GPU (by local rank) or the CPU, and its share of the work."""
-    place = placement(f"cuda:{world.local_rank}" if device == "cuda" else "cpu")
+    place = placement(f"cuda:{world.local_rank}" if device == "cuda" else device)
     return _train_on_images(store, place=place, world=world, **args)
 
 
