@@ -1,4 +1,4 @@
-"""Start training in several processes, on one machine or many, with ``torch.distributed``'s elastic launcher.
+"""Start work in several processes (training, on one machine or many; extraction), with torch's elastic launcher.
 
 The launcher is torchrun's own (``torch.distributed.launcher.api.elastic_launch``): an agent in the task's
 process starts ``nproc`` workers, joins the other machines' agents in a c10d rendezvous, watches the workers and
