@@ -9,8 +9,8 @@ Why the gradients equal one process's: rank r takes positions r, r+W, r+2W... of
 seeded order, sums its loss and scales it by W / (images in the global batch); DDP's average over W ranks is
 then the mean loss over the whole batch, as one process computes it, even when a batch does not divide evenly
 (a rank may get no image of the last batch: it steps with an empty one, which keeps the collectives in
-lockstep). What differs: BatchNorm layers being trained normalise over each rank's slice, not the global batch,
-unless they are synchronised (``SyncBatchNorm``, on CUDA only); and sums are added in another order. So the
+lockstep). BatchNorm layers being trained normalise over the global batch too (``sync_batchnorm``: torch's
+``SyncBatchNorm`` on CUDA, ``GlobalBatchNorm`` on the CPU). What differs is the order sums are added in, so the
 weights agree with one process's within floating-point tolerance, not bit for bit (docs/scale.md).
 
 Frozen blocks have ``requires_grad=False``, which DDP leaves out of its buckets: partially frozen models need
