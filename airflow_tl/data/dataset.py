@@ -14,10 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from airflow_tl.data.decode import IMAGE_EXTENSIONS
+from airflow_tl.data.errors import DatasetChangedError, DatasetError
 from airflow_tl.data.layout import SPLITS, LayoutError, place
 from airflow_tl.data.manifest import DataManifest, describe_change
+from airflow_tl.data.shards import SHARDS_FOLDER, ShardIndex, is_shards_uri, read_index, read_manifest
 from airflow_tl.data.split import DEFAULT_FRACTIONS, assign_splits
-from airflow_tl.exceptions import PermanentError
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
@@ -32,15 +33,8 @@ __all__ = [
     "check_unchanged",
     "class_mapping",
     "list_dataset",
+    "open_sharded",
 ]
-
-
-class DatasetError(PermanentError, ValueError):
-    """A dataset whose layout, classes or images cannot be used: fixing the data, not retrying, helps."""
-
-
-class DatasetChangedError(DatasetError):
-    """The dataset changed between two tasks of one run, so their results would not belong together."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +44,7 @@ class ImageItem:
     size: int
     label: int
     split: str
+    shard: int = -1  # in a sharded dataset, the position of its shard in the index
 
 
 @dataclass
@@ -61,6 +56,7 @@ class ImageDataset:
     class_names: list[str]
     items: list[ImageItem]
     layout: str  # "splits" or "classes"
+    shards: ShardIndex | None = None  # the sharded form (data/shards.py): images are read from these tars
     # Computed once: a listing is not changed after it is made (``only`` makes a new dataset).
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -100,8 +96,16 @@ def list_dataset(
 
     ``layout`` is ``"auto"``, ``"splits"`` or ``"classes"`` (data/layout.py). ``for_training`` requires
     training and validation images for every class; evaluation needs only a test split.
+
+    A URI ending in ``/shards`` is the sharded form (data/shards.py): its index and manifest are read instead
+    of a listing, and its split is the one fixed when the shards were prepared.
     """
     root = parse_s3_uri(uri, what="Dataset URI")
+    if is_shards_uri(uri):
+        dataset = open_sharded(store, uri, seed=seed, layout=layout)
+        if for_training:
+            _check_training_split(dataset)
+        return dataset
     objects = store.list(root)
     prefix = root.folder_key
     images, markers, ignored = [], set(), []
@@ -112,7 +116,7 @@ def list_dataset(
             markers.add(rel.rstrip("/"))  # folder markers written by consoles and sync tools
         elif name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
             images.append((rel, obj))
-        else:
+        elif not rel.startswith(f"{SHARDS_FOLDER}/"):  # the sharded form of these images, not stray files
             ignored.append(rel)
     if not images:
         raise DatasetError(
@@ -141,6 +145,33 @@ def list_dataset(
         ", ".join(f"{n} {s}" for s, n in dataset.counts().items()),
         "train/val/test folders" if layout == "splits" else f"class folders split by key hash with seed {seed}",
     )
+    return dataset
+
+
+def open_sharded(store: S3Store, uri: str, *, seed: int = 0, layout: str = "auto") -> ImageDataset:
+    """The sharded form of a dataset, from its index and manifest: items in shard order, each knowing its shard."""
+    index = read_index(store, uri)
+    manifest = read_manifest(store, index)
+    prefix = parse_s3_uri(index.source_uri, what="Source dataset URI").folder_key
+    label = {name: i for i, name in enumerate(index.class_names)}
+    items = []
+    for split in SPLITS:
+        pairs = manifest.splits[split]
+        shard_of = [position for position in index.of(split) for _ in range(index.shards[position].count)]
+        _, placed = place([key[len(prefix) :] for key, _ in pairs], index.layout)
+        items += [
+            ImageItem(key, etag, 0, label[p.class_name], split, shard)  # size: not recorded, not needed
+            for (key, etag), p, shard in zip(pairs, placed, shard_of, strict=True)
+        ]
+    dataset = ImageDataset(index.uri, parse_s3_uri(index.uri).bucket, index.class_names, items, index.layout, index)
+    dataset._fingerprint = index.fingerprint  # the listing the shards were made from: the same images, split
+    if layout not in ("auto", index.layout) or seed != index.seed:
+        log.info("The split of %s was fixed when it was prepared (layout %s, seed %d)", uri, index.layout, index.seed)
+    log.info(
+        "Sharded dataset %s (from %s, prepared %s): %d classes, %s in %d shards",
+        index.uri, index.source_uri, index.created_at or "at an unknown time", len(index.class_names),
+        ", ".join(f"{n} {s}" for s, n in dataset.counts().items()), len(index.shards),
+    )  # fmt: skip
     return dataset
 
 

@@ -5,6 +5,9 @@ dataset. Threads fetch, decode, resize and crop (Pillow and the socket release t
 is normalised once, as uint8 pixels turned float in one op. Encoded bytes may be kept between epochs
 up to ``cache_bytes`` to spare repeated GETs. Decoding is ``airflow_tl.data.decode``: large JPEGs at
 reduced size, and the pixel limit ``[airflow_tl] max_image_pixels``, read once per stream.
+
+A sharded dataset (data/shards.py) is read a whole shard per GET instead (data/shard_reader.py), shuffled
+within a buffer of ``shuffle_buffer`` images rather than as a whole; decoding is the same.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from airflow_tl import settings
 from airflow_tl.data.dataset import DatasetChangedError, DatasetError, ImageDataset, ImageItem
 from airflow_tl.data.decode import ImageDecodeError, decode
 from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
+from airflow_tl.data.shard_reader import group_sizes, rank_shards, shard_order
+from airflow_tl.data.shard_reader import samples as shard_samples
 from airflow_tl.exceptions import ObjectNotFoundError
 from airflow_tl.models.card import InputSpec
 from airflow_tl.storage.s3 import S3Store
@@ -74,6 +79,7 @@ class ImageStream:
         threads: int = 8,
         skip_corrupt: bool = False,
         cache_bytes: int = 0,
+        shuffle_buffer: int = 1000,
     ) -> None:
         self.store = store
         self.dataset = dataset
@@ -81,7 +87,8 @@ class ImageStream:
         self.batch_size = batch_size
         self.threads = threads
         self.skip_corrupt = skip_corrupt
-        self.cache_bytes = cache_bytes
+        self.cache_bytes = cache_bytes  # objects only: a sharded dataset reads whole shards each pass
+        self.shuffle_buffer = shuffle_buffer
         self._cache: dict[str, bytes] = {}
         self._cached = 0
         self.skipped: set[str] = set()  # corrupt keys skipped so far, over all passes
@@ -103,29 +110,70 @@ class ImageStream:
 
         ``shard=(rank, size)``: this rank's slice of each global batch of ``batch_size`` images of the same order
         (``strided``), one batch per global batch, however many images it holds (none,
-        when the last global batch has fewer than ``size``): ranks that train together step together.
+        when the last global batch has fewer than ``size``): ranks that train together step together. From a
+        sharded dataset a rank reads its own shards instead, in as many batches (``_from_shards``).
         """
         splits = (split,) if isinstance(split, str) else tuple(split)
-        parts = []
+        stats = StreamStats()
+        if self.dataset.shards is not None:
+            groups, sources = self._from_shards(splits, shuffle, seed, epoch, shard)
+        else:
+            groups, sources = self._from_objects(splits, shuffle, seed, epoch, shard)
+        if shard is not None:
+            yield from self._grouped(groups, sources, seed, epoch, augment, stats)
+        else:
+            yield from self._packed(sources, seed, epoch, augment, stats)
+        self._finish("/".join(splits), stats)
+
+    def _from_objects(self, splits, shuffle: bool, seed: int, epoch: int, shard: tuple[int, int] | None):
+        """The images in pass order (one GET each, in threads), and with ``shard`` the rank's batch sizes."""
+        groups: list[tuple[str, int]] = []
+        items: list[ImageItem] = []
         for name in splits:
             part = self.dataset.split(name)
             if shuffle:
                 random.Random(f"{seed}:{epoch}").shuffle(part)
-            parts.append((name, part))
-        stats = StreamStats()
-        if shard is not None:
-            yield from self._sharded(parts, shard, seed, epoch, augment, stats)
-        else:
-            yield from self._packed([item for _, part in parts for item in part], seed, epoch, augment, stats)
-        self._finish("/".join(splits), stats)
+            if shard is None:
+                items += part
+                continue
+            for positions in strided(len(part), self.batch_size, shard):
+                groups.append((name, len(positions)))
+                items += [part[i] for i in positions]
+        return groups, ((item, None) for item in items)
 
-    def _packed(self, items: list[ImageItem], seed: int, epoch: int, augment: bool, stats: StreamStats):
+    def _from_shards(self, splits, shuffle: bool, seed: int, epoch: int, shard: tuple[int, int] | None):
+        """The images in pass order from whole shards, and with ``shard=(rank, size)`` the rank's batch sizes.
+
+        Ranks take every ``size``-th shard of the pass's shard order; each spreads its images over as many
+        batches as one process would take (``ceil(images / batch_size)``), so all step together through the same
+        schedule, their batches adding up to the global batch.
+        """
+        rng = random.Random(f"{seed}:{epoch}") if shuffle else None
+        groups: list[tuple[str, int]] = []
+        streams = []
+        for name in splits:
+            items = self.dataset.split(name)
+            shards = shard_order(items)
+            if rng is not None:
+                rng.shuffle(shards)
+            if shard is not None:
+                shards = rank_shards(shards, *shard)
+                chosen = set(shards)
+                mine = sum(1 for item in items if item.shard in chosen)
+                steps = -(-len(items) // self.batch_size)
+                groups += [(name, n) for n in group_sizes(mine, steps)]
+            streams.append(
+                shard_samples(self.store, self.dataset.shards, items, shards, rng=rng, buffer=self.shuffle_buffer)
+            )
+        return groups, itertools.chain.from_iterable(streams)
+
+    def _packed(self, sources, seed: int, epoch: int, augment: bool, stats: StreamStats):
         """Batches of ``batch_size`` decoded images (a corrupt one skipped makes room for the next)."""
-        current = items[0].split if items else ""
+        current = ""
         xs: list[torch.Tensor] = []
         ys: list[int] = []
         keys: list[str] = []
-        for item, tensor in self._decoded(items, seed, epoch, augment, stats):
+        for item, tensor in self._decoded(sources, seed, epoch, augment, stats):
             if tensor is None:
                 continue
             if xs and item.split != current:
@@ -141,40 +189,34 @@ class ImageStream:
         if xs:
             yield self._batch(xs, ys, keys, current)
 
-    def _sharded(self, parts, shard: tuple[int, int], seed: int, epoch: int, augment: bool, stats: StreamStats):
-        """One batch per global batch: this rank's positions of it, decoded (corrupt ones left out)."""
-        groups = [
-            (name, [part[i] for i in positions])
-            for name, part in parts
-            for positions in strided(len(part), self.batch_size, shard)
-        ]
-        flat = [item for _, group in groups for item in group]
-        with contextlib.closing(self._decoded(flat, seed, epoch, augment, stats)) as decoded:
-            for name, group in groups:
+    def _grouped(self, groups, sources, seed: int, epoch: int, augment: bool, stats: StreamStats):
+        """One batch per ``(split, size)`` group: the next ``size`` images, decoded (corrupt ones left out)."""
+        with contextlib.closing(self._decoded(sources, seed, epoch, augment, stats)) as decoded:
+            for name, size in groups:
                 xs: list[torch.Tensor] = []
                 ys: list[int] = []
                 keys: list[str] = []
-                for item, tensor in itertools.islice(decoded, len(group)):
+                for item, tensor in itertools.islice(decoded, size):
                     if tensor is not None:
                         xs.append(tensor)
                         ys.append(item.label)
                         keys.append(item.key)
                 yield self._batch(xs, ys, keys, name)
 
-    def _decoded(self, items: list[ImageItem], seed: int, epoch: int, augment: bool, stats: StreamStats):
+    def _decoded(self, sources, seed: int, epoch: int, augment: bool, stats: StreamStats):
         """``(item, uint8 pixels)`` in order, None for an image that cannot be decoded (its reason in ``stats``).
 
-        Threads fetch and decode ahead, at most ``window`` images in flight or waiting, so memory does not grow
-        with the dataset.
+        ``sources`` yields ``(item, encoded bytes or None)``; None is fetched here. Threads fetch and decode
+        ahead, at most ``window`` images in flight or waiting, so memory does not grow with the dataset.
         """
         window = max(2 * self.batch_size, 4 * self.threads)
-        queue = iter(items)
         pending: deque[tuple[ImageItem, Future]] = deque()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="airflow-tl-images") as pool:
 
             def refill() -> None:
-                while len(pending) < window and (item := next(queue, None)) is not None:
-                    pending.append((item, pool.submit(self._load, item, seed, epoch, augment)))
+                while len(pending) < window and (source := next(sources, None)) is not None:
+                    item, data = source
+                    pending.append((item, pool.submit(self._load, item, data, seed, epoch, augment)))
 
             refill()
             while pending:
@@ -229,9 +271,14 @@ class ImageStream:
                 "the dataset changed while the task ran. Run it again once the data is stable."
             ) from None
 
-    def _load(self, item: ImageItem, seed: int, epoch: int, augment: bool) -> tuple[torch.Tensor | None, int, str]:
-        """One image as uint8 pixels, the bytes read, and why it could not be decoded (pixels None)."""
-        data = self._cache.get(item.key)
+    def _load(
+        self, item: ImageItem, data: bytes | None, seed: int, epoch: int, augment: bool
+    ) -> tuple[torch.Tensor | None, int, str]:
+        """One image as uint8 pixels, the bytes read, and why it could not be decoded (pixels None).
+
+        ``data``: the encoded image when a shard brought it; None to GET it (or take it from the cache).
+        """
+        data = data if data is not None else self._cache.get(item.key)
         if data is None:
             data = self._get(item)
             if self._cached + len(data) <= self.cache_bytes:
