@@ -13,7 +13,7 @@ DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY = ("torch", "torchvision", "sklearn", "boto3", "botocore", "matplotlib")
 STRATEGY_DAGS = ["tl_feature_extraction", "tl_from_scratch", "tl_full_finetune", "tl_partial_freeze"]
 MULTI_DAGS = ["tl_auto", "tl_tournament"]
-DATA_DAGS = ["tl_land_images", "tl_retrain_on_data"]  # both in tl_retrain_on_data.py
+DATA_DAGS = ["tl_land_images", "tl_prepare_shards", "tl_retrain_on_data"]  # tl_land_images: in tl_retrain_on_data.py
 SCALE_DAGS = ["tl_full_finetune_multinode"]
 DAG_IDS = sorted(["tl_fetch_pretrained", *STRATEGY_DAGS, *MULTI_DAGS, *DATA_DAGS, *SCALE_DAGS])
 DAG_FILE_NAMES = sorted(f"{dag_id}.py" for dag_id in DAG_IDS if dag_id != "tl_land_images")

@@ -155,7 +155,8 @@ def _train_rank(*, world: World, store: S3Store, device: str, **args) -> TrainRe
 
 
 def _check_shardable(dataset, config: TrainConfig, processes: int, num_processes: int, nodes: Nodes) -> None:
-    """Every process must get images of every epoch: at most one per image of a batch, and of the split."""
+    """Every process must get images of every epoch: at most one per image of a batch, and of the split; from a
+    sharded dataset, at most one per training shard."""
     images = len(dataset.split("train"))
     most = min(config.batch_size, images)
     if processes > most:
@@ -164,6 +165,12 @@ def _check_shardable(dataset, config: TrainConfig, processes: int, num_processes
             f"{where} makes {processes} processes, but dataset {dataset.uri} can be shared among at most {most}: "
             f"each takes a slice of every batch of batch_size={config.batch_size} from {images} training images. "
             "Use fewer processes, or a larger batch_size."
+        )
+    shards = len({item.shard for item in dataset.split("train")}) if dataset.shards is not None else processes
+    if processes > shards:
+        raise InvalidArgumentError(
+            f"{processes} processes would read the {shards} training shards of {dataset.uri}, one shard each at "
+            "least: some would have no images. Use fewer processes, or prepare smaller shards (shard_images)."
         )
 
 

@@ -175,3 +175,24 @@ def test_features_extracted_by_two_processes_in_a_dag_run_are_one_processs_in_th
         x1, y1 = load_split(store, one.uri, index_one, split)
         x2, y2 = load_split(store, two["features_uri"], index_two, split)
         assert torch.equal(y1, y2) and torch.allclose(x1, x2, atol=1e-5), split
+
+
+def test_two_processes_train_from_a_sharded_dataset_and_more_than_its_shards_are_refused(store, demo, data, bucket):
+    from airflow_tl.data.shard_writer import prepare_shards
+
+    dataset = f"s3://{bucket}/data"
+    copy_dataset(store, data, dataset)
+    prepare_shards(store, dataset, shard_images=12)  # 45 training images: 4 shards
+    common = {
+        "model_uri": demo.source_model, "dataset_uri": f"{dataset}/shards", "checkpoint_uri": None, "device": "cpu",
+        "worker_store": functools.partial(s3_store, "aws_default"),
+    }  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match=r"5 processes would read the 4 training shards of s3://"):
+        train(store, output_uri=f"s3://{bucket}/never/model", config=TrainConfig(batch_size=16), num_processes=5,
+              **common)  # fmt: skip
+    config = TrainConfig(epochs=2, batch_size=16, freeze_layers=5)
+    result = train(store, output_uri=f"s3://{bucket}/out/model", config=config, num_processes=2, **common)
+    card = read_card(store, f"s3://{bucket}/out/model")
+    assert card.training["processes"] == 2 and len(card.history) == 2
+    assert result.summary()["epochs_run"] == 2
+    assert not store.exists(f"s3://{bucket}/never/model/model.json")

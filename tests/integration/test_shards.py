@@ -306,3 +306,36 @@ def test_counts_in_the_index_match_its_shards(store, prepared):
             names = Counter(m.name.split(".")[0] for m in tar)
         assert len(names) == entry.count and set(names.values()) == {3}
         assert hashlib.sha256(raw).hexdigest() == entry.sha256 and len(raw) == entry.bytes
+
+
+# --- through DAG runs -----------------------------------------------------------------------------------------
+
+
+def test_prepare_then_train_evaluate_and_promote_from_the_shards(store, bucket, demo, small_target, run_dag):
+    from airflow_tl.data.manifest import read_manifest
+    from airflow_tl.registry.store import Registry
+    from tests.helpers import copy_dataset
+
+    data = f"s3://{bucket}/digits"
+    copy_dataset(store, small_target, data)
+    prepared = run_dag("tl_prepare_shards", {"dataset_uri": data, "shard_images": 16, "threads": 4})
+    assert prepared.state == "success", prepared.failures
+    summary = prepared.xcoms["prepare_shards"]
+    assert summary["shards_uri"] == f"{data}/shards" and summary["cache_hit"] is False
+    assert summary["counts"] == list_dataset(store, data).counts()
+    again = run_dag("tl_prepare_shards", {"dataset_uri": data, "shard_images": 16, "threads": 4})
+    assert again.xcoms["prepare_shards"]["cache_hit"] is True
+
+    conf = {
+        "pretrained_uri": demo.source_model, "dataset_uri": f"{data}/shards", "registry_uri": f"s3://{bucket}/registry",
+        "work_uri": f"s3://{bucket}/work", "model_name": "digits", "epochs": 1,
+    }  # fmt: skip
+    result = run_dag("tl_full_finetune", conf)
+    assert result.state == "success", result.failures
+    evaluated = result.xcoms["evaluate"]
+    assert evaluated["promoted"] and evaluated["metrics"]["n"] == summary["counts"]["test"]
+    registry = Registry(store, f"s3://{bucket}/registry", "digits")
+    manifest = read_manifest(store, registry.version_uri(evaluated["version"]))
+    objects = list_dataset(store, data)
+    assert manifest.fingerprint == objects.fingerprint()  # the images, labels and split of the listing
+    assert manifest.keys("test") == {i.key for i in objects.split("test")}
