@@ -10,6 +10,8 @@ Commands and their config keys (the keyword arguments of the function each runs;
 ``TrainConfig`` field):
 
 - ``fetch``: ``pretrained.fetch.FetchSpec``'s fields and ``output_uri``;
+- ``shards``: ``data.shard_writer.prepare_shards``'s arguments (``dataset_uri``, ``seed``, ``layout``,
+  ``fractions``, ``shard_mb``, ``shard_images``, ``threads``): the sharded form of a dataset;
 - ``extract``: ``model_uri``, ``dataset_uri``, ``features_root``, ``layout``, ``split_seed``, ``batch_size``,
   ``threads``, ``skip_corrupt``, ``device``, ``num_processes``;
 - ``train``: ``training.task.train``'s arguments and ``TrainConfig``'s fields; ``num_processes`` for several
@@ -54,6 +56,15 @@ def _fetch(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, 
     _check(config, spec_keys | {"output_uri"}, "fetch", required={"output_uri"})
     spec = FetchSpec(**{k: v for k, v in config.items() if k in spec_keys})
     return fetch_pretrained(spec, store=store, output_uri=config["output_uri"]).summary()
+
+
+def _shards(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
+    from airflow_tl.data.shard_writer import prepare_shards
+
+    passed = _arguments(prepare_shards, exclude={"store"})
+    _check(config, passed, "shards", required={"dataset_uri"})
+    result = prepare_shards(store, **config)
+    return {"shards_uri": result.uri, **{k: v for k, v in result.summary().items() if k != "uri"}}
 
 
 def _extract(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
@@ -118,6 +129,7 @@ def _evaluate(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[st
 
 COMMANDS: dict[str, Callable[[Any, dict[str, Any], str | None], dict[str, Any]]] = {
     "fetch": _fetch,
+    "shards": _shards,
     "extract": _extract,
     "train": _train,
     "assess": _assess,

@@ -64,3 +64,19 @@ def test_an_empty_dataset_is_permanent_and_an_unreachable_s3_is_worth_a_retry(bu
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", closed)
     done = _cli("extract", config, tmp_path)
     assert done.returncode == 75, done.stderr[-2000:]
+
+
+def test_shards_from_the_command_line_and_a_sharded_dataset_that_is_not_there(store, bucket, small_target, tmp_path):
+    from airflow_tl.data.dataset import list_dataset
+    from tests.helpers import copy_dataset
+
+    data = f"s3://{bucket}/digits"
+    copy_dataset(store, small_target, data)
+    done = _cli("shards", {"dataset_uri": data, "shard_images": 50, "threads": 4}, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(done)
+    assert summary["shards_uri"] == f"{data}/shards" and summary["counts"] == list_dataset(store, data).counts()
+    config = {"model_uri": f"s3://{bucket}/m", "dataset_uri": f"s3://{bucket}/elsewhere/shards",
+              "features_root": f"s3://{bucket}/f", "device": "cpu"}  # fmt: skip
+    done = _cli("extract", config, tmp_path)
+    assert done.returncode == 2 and f"ShardError: s3://{bucket}/elsewhere/shards has no index.json" in done.stderr
