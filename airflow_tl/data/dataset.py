@@ -12,6 +12,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from airflow_tl.data.decode import IMAGE_EXTENSIONS
 from airflow_tl.data.errors import DatasetChangedError, DatasetError
@@ -23,6 +24,9 @@ from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
 
 log = logging.getLogger(__name__)
+
+# Folders listed at once: a prefix's pages come one after another, different prefixes in parallel.
+LIST_THREADS = 8
 
 __all__ = [
     "SPLITS",
@@ -37,8 +41,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ImageItem:
+class ImageItem(NamedTuple):
+    """One image of a listed dataset. A tuple: datasets hold millions, and ranks receive them pickled."""
+
     key: str
     etag: str
     size: int
@@ -106,7 +111,7 @@ def list_dataset(
         if for_training:
             _check_training_split(dataset)
         return dataset
-    objects = store.list(root)
+    objects = store.list(root, threads=LIST_THREADS)
     prefix = root.folder_key
     images, markers, ignored = [], set(), []
     for obj in objects:

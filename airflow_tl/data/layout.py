@@ -40,7 +40,7 @@ class LayoutError(ValueError):
     """The keys do not fit the layout; the message says which keys and how to fix them."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placed:
     """Where one image belongs: its class folder and, in the splits layout, its split."""
 
@@ -60,21 +60,28 @@ def check_layout(layout: str) -> str:
 def place(rels: Sequence[str], layout: str = "auto") -> tuple[str, list[Placed]]:
     """The layout (``"splits"`` or ``"classes"``) of image keys relative to the dataset, and each image's place.
 
-    Raises LayoutError naming the offending keys or folders.
+    Raises LayoutError naming the offending keys or folders. One pass per step, nothing held per key but the
+    result: a listing may hold millions of keys.
     """
     check_layout(layout)
-    parts = [rel.split("/") for rel in rels]
-    tops = sorted({p[0] for p in parts if len(p) > 1})
     if layout == "auto":
-        layout = _detect(tops, parts)
+        layout = _detect(rels)
     if layout == "splits":
-        return layout, _place_splits(rels, parts)
-    return layout, _place_classes(rels, parts)
+        return layout, _place_splits(rels)
+    return layout, _place_classes(rels)
 
 
-def _detect(tops: list[str], parts: list[list[str]]) -> str:
-    exact = [t for t in tops if t in SPLITS]
-    look_alike = [t for t in tops if t not in SPLITS and t.lower() in SPLIT_LIKE]
+def _detect(rels: Sequence[str]) -> str:
+    tops: set[str] = set()
+    loose: list[str] = []
+    for rel in rels:
+        top, slash, _ = rel.partition("/")
+        if slash:
+            tops.add(top)
+        elif len(loose) <= 10:  # enough to name five and to say there are more
+            loose.append(rel)
+    exact = [t for t in sorted(tops) if t in SPLITS]
+    look_alike = [t for t in sorted(tops) if t not in SPLITS and t.lower() in SPLIT_LIKE]
     if look_alike:
         renames = ", ".join(f"{t}/ -> {SPLIT_LIKE[t.lower()]}/" for t in look_alike)
         raise LayoutError(
@@ -83,8 +90,7 @@ def _detect(tops: list[str], parts: list[list[str]]) -> str:
         )
     if not exact:
         return "classes"
-    others = [t for t in tops if t not in SPLITS]
-    loose = [p[0] for p in parts if len(p) == 1]
+    others = [t for t in sorted(tops) if t not in SPLITS]
     if others or loose:
         shown = [t + "/" for t in others[:5]] + loose[:5]
         raise LayoutError(
@@ -95,18 +101,24 @@ def _detect(tops: list[str], parts: list[list[str]]) -> str:
     return "splits"
 
 
-def _place_splits(rels: Sequence[str], parts: list[list[str]]) -> list[Placed]:
-    wrong = [rel for rel, p in zip(rels, parts, strict=True) if len(p) < 3 or p[0] not in SPLITS]
+def _place_splits(rels: Sequence[str]) -> list[Placed]:
+    wrong = [rel for rel in rels if rel.count("/") < 2 or rel.partition("/")[0] not in SPLITS]
     if wrong:
         raise LayoutError(
             f"has images outside <split>/<class>/ folders (split one of train, val, test), e.g. {', '.join(wrong[:5])}."
         )
-    return [Placed(rel, p[1], p[0]) for rel, p in zip(rels, parts, strict=True)]
+    names: dict[str, str] = {}  # one string per class, not one per image
+    placed = []
+    for rel in rels:
+        split, name, _ = rel.split("/", 2)
+        placed.append(Placed(rel, names.setdefault(name, name), SPLITS[SPLITS.index(split)]))
+    return placed
 
 
-def _place_classes(rels: Sequence[str], parts: list[list[str]]) -> list[Placed]:
-    loose = [rel for rel, p in zip(rels, parts, strict=True) if len(p) < 2]
+def _place_classes(rels: Sequence[str]) -> list[Placed]:
+    loose = [rel for rel in rels if "/" not in rel]
     if loose:
         raise LayoutError(f"has images outside class folders, e.g. {', '.join(loose[:5])}; expected <class>/<image>.")
     # Subfolders inside a class folder (dates, batches) belong to that class.
-    return [Placed(rel, p[0], None) for rel, p in zip(rels, parts, strict=True)]
+    names: dict[str, str] = {}
+    return [Placed(rel, names.setdefault(name := rel.partition("/")[0], name), None) for rel in rels]

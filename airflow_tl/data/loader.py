@@ -27,7 +27,7 @@ from airflow_tl import settings
 from airflow_tl.data.dataset import DatasetChangedError, DatasetError, ImageDataset, ImageItem
 from airflow_tl.data.decode import ImageDecodeError, decode
 from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
-from airflow_tl.data.shard_reader import group_sizes, rank_shards, shard_order
+from airflow_tl.data.shard_reader import group_sizes, rank_shards, shards_of
 from airflow_tl.data.shard_reader import samples as shard_samples
 from airflow_tl.exceptions import ObjectNotFoundError
 from airflow_tl.models.card import InputSpec
@@ -153,7 +153,7 @@ class ImageStream:
         streams = []
         for name in splits:
             items = self.dataset.split(name)
-            shards = shard_order(items)
+            shards = shards_of(items)
             if rng is not None:
                 rng.shuffle(shards)
             if shard is not None:

@@ -26,7 +26,7 @@ from airflow_tl.storage.s3 import S3Store
 SHARDS_AHEAD = 2
 
 
-def shard_order(items: Sequence[ImageItem]) -> list[int]:
+def shards_of(items: Sequence[ImageItem]) -> list[int]:
     """The shards that hold ``items``, in the order their items come."""
     return list(dict.fromkeys(item.shard for item in items))
 

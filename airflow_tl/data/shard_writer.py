@@ -64,7 +64,7 @@ class ShardsResult:
         return asdict(self)
 
 
-def shard_order(items: Sequence[ImageItem], seed: int) -> list[ImageItem]:
+def packing_order(items: Sequence[ImageItem], seed: int) -> list[ImageItem]:
     """A split's images in the seeded hash order of their keys: classes mixed, fixed for a listing and seed."""
     return sorted(items, key=lambda i: hashlib.sha256(f"airflow-tl-shards\n{seed}\n{i.key}".encode()).digest())
 
@@ -96,13 +96,14 @@ def prepare_shards(
     folder = str(root.join(SHARDS_FOLDER)).rstrip("/")
     packing = {"shard_mb": shard_mb, "shard_images": shard_images}
     existing = _existing(store, folder)
-    if existing is not None and existing.fingerprint == dataset.fingerprint() and existing.packing == packing:
+    same = existing is not None and (existing.fingerprint, existing.seed) == (dataset.fingerprint(), seed)
+    if same and existing.packing == packing:
         log.info("%s already holds this listing in %d shards; nothing to write", folder, len(existing.shards))
         return _result(existing, cache_hit=True)
     if existing is not None:
         store.delete(f"{folder}/{INDEX_FILE}")  # readers must never pair the old index with new shards
     started = time.monotonic()
-    order = {split: shard_order(dataset.split(split), seed) for split in SPLITS}
+    order = {split: packing_order(dataset.split(split), seed) for split in SPLITS}
     writer = _Writer(store, dataset, folder, int(shard_mb * 1024 * 1024), shard_images, threads)
     entries = [entry for split in SPLITS for entry in writer.split(split, order[split])]
     splits = {split: [(item.key, item.etag) for item in order[split]] for split in SPLITS}

@@ -56,7 +56,8 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             type="string",
             pattern=S3_PATTERN,
             description="s3:// prefix of the images: <prefix>/{train,val,test}/<class>/<image>, or "
-            "<prefix>/<class>/<image> to be split here by a hash of each key (stable as the data grows)",
+            "<prefix>/<class>/<image> to be split here by a hash of each key (stable as the data grows); or "
+            "<prefix>/shards, their sharded form (tl_prepare_shards)",
         ),
         "layout": Param(
             d["layout"],

@@ -19,6 +19,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -90,13 +91,19 @@ class BrokenResponseError(AirflowTLError):
     """An S3 response broke off mid-body (reset, timeout, short read); S3Store raises it once all attempts did."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    uri: str
+    """One object of a listing. Slots and no stored URI: a listing of millions holds millions of these."""
+
+    bucket: str
     key: str
     size: int
     etag: str
     last_modified: float  # POSIX seconds
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
 
 
 def _as_uri(uri: str | S3URI) -> S3URI:
@@ -356,24 +363,57 @@ class S3Store:
             return False
         return True
 
-    def list(self, uri: str | S3URI) -> list[ObjectInfo]:
-        """Every object under a folder URI, sorted by key. A missing bucket is an error; an empty folder is not."""
-        loc = _as_uri(uri)
-        return sorted(self._retrying(loc, "listing", lambda: self._list(loc)), key=lambda o: o.key)
+    def list(self, uri: str | S3URI, *, threads: int = 1) -> list[ObjectInfo]:
+        """Every object under a folder URI, sorted by key. A missing bucket is an error; an empty folder is not.
 
-    def _list(self, loc: S3URI) -> list[ObjectInfo]:
-        found = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.folder_key):
+        With ``threads`` > 1 the folders under ``uri`` are listed concurrently: the pages of one prefix can only
+        be read one after another (each names the next), while S3 serves different prefixes in parallel. The
+        folders are those directly under ``uri``, or one level further down when there are fewer than
+        ``threads`` of them (``train/``, ``val/``, ``test/``).
+        """
+        loc = _as_uri(uri)
+        if threads <= 1:
+            found = self._retrying(loc, "listing", lambda: self._pages(loc, delimiter=False)[0])
+        else:
+            found = self._list_concurrently(loc, threads)
+        return sorted(found, key=lambda o: o.key)
+
+    def _pages(self, loc: S3URI, *, delimiter: bool) -> tuple[list[ObjectInfo], list[S3URI]]:
+        """The objects under ``loc`` (only those directly in it with ``delimiter``) and its subfolders."""
+        found, folders = [], []
+        extra = {"Delimiter": "/"} if delimiter else {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.folder_key, **extra):
             for obj in page.get("Contents", []):
                 found.append(
                     ObjectInfo(
-                        f"s3://{loc.bucket}/{obj['Key']}",
+                        loc.bucket,
                         obj["Key"],
                         obj["Size"],
                         obj["ETag"].strip('"'),
                         obj["LastModified"].timestamp(),
                     )
                 )
+            folders += [S3URI(loc.bucket, p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+        return found, folders
+
+    def _list_concurrently(self, loc: S3URI, threads: int) -> list[ObjectInfo]:
+        def level(folder: S3URI) -> tuple[list[ObjectInfo], list[S3URI]]:
+            return self._retrying(folder, "listing", lambda: self._pages(folder, delimiter=True))
+
+        def everything(folder: S3URI) -> list[ObjectInfo]:
+            return self._retrying(folder, "listing", lambda: self._pages(folder, delimiter=False)[0])
+
+        found, folders = level(loc)
+        with ThreadPoolExecutor(threads, thread_name_prefix="airflow-tl-list") as pool:
+            if 0 < len(folders) < threads:
+                deeper: list[S3URI] = []
+                for objects, subfolders in pool.map(level, folders):
+                    found += objects
+                    deeper += subfolders
+                folders = deeper
+            for objects in pool.map(everything, folders):
+                found += objects
         return found
 
     def list_folders(self, uri: str | S3URI) -> list[str]:

@@ -20,6 +20,25 @@ def test_put_get_list_delete_round_trip(store, bucket):
     assert [o.key for o in store.list(f"s3://{bucket}")] == ["ab/w.bin"]
 
 
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_listing_folders_concurrently_finds_what_one_listing_finds(store, bucket, threads):
+    keys = [
+        "d/loose.png", "d/", "d/train/", "d/train/cat/1.png", "d/train/cat/sub/2.png", "d/train/dog/3.png",
+        "d/val/cat/4.png", "d/val/dog/", "d/test/x.png", "d/empty/", "d/zeta/deep/er/5.png", "dx/not-under-d.png",
+        "d/café (2)/6.png", "d/a b/7.png",
+    ]  # fmt: skip
+    for n, key in enumerate(keys):
+        store.put_bytes(f"s3://{bucket}/{key}", b"x" * n)
+    one = store.list(f"s3://{bucket}/d")
+    many = store.list(f"s3://{bucket}/d", threads=threads)
+    assert [(o.key, o.size, o.etag) for o in many] == [(o.key, o.size, o.etag) for o in one]
+    assert [o.key for o in one] == sorted(k for k in keys if k.startswith("d/"))
+    assert many[0].uri == f"s3://{bucket}/d/"
+    assert store.list(f"s3://{bucket}/nothing-here", threads=threads) == []
+    with pytest.raises(ObjectNotFoundError, match="Bucket 'tl-no-such-bucket' does not exist"):
+        store.list("s3://tl-no-such-bucket/d", threads=threads)
+
+
 def test_download_hashes_while_streaming(store, bucket):
     import hashlib
 
