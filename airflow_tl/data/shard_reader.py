@@ -49,7 +49,7 @@ def samples(
     *,
     rng: random.Random | None = None,
     buffer: int = 1000,
-    threads: int = SHARDS_AHEAD,
+    ahead: int = SHARDS_AHEAD,
 ) -> Iterator[tuple[ImageItem, bytes]]:
     """``(item, encoded image)`` for every item of ``items`` in ``shards``, read in that order.
 
@@ -57,18 +57,18 @@ def samples(
     """
     chosen = set(shards)
     wanted = {item.key: item for item in items if item.shard in chosen}
-    stream = _checked(store, index, wanted, shards, threads)
+    stream = _checked(store, index, wanted, shards, max(1, ahead))
     yield from stream if rng is None else _shuffled(stream, rng, buffer)
 
 
-def _checked(store, index: ShardIndex, wanted: dict[str, ImageItem], shards: list[int], threads: int):
+def _checked(store, index: ShardIndex, wanted: dict[str, ImageItem], shards: list[int], ahead: int):
     expected = Counter(item.shard for item in wanted.values())
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="airflow-tl-shards") as pool:
+    with ThreadPoolExecutor(ahead, thread_name_prefix="airflow-tl-shards") as pool:
         pending: deque[tuple[int, Future[list[Sample]]]] = deque()
         queue = iter(shards)
 
         def refill() -> None:
-            while len(pending) < max(1, threads) and (position := next(queue, None)) is not None:
+            while len(pending) < ahead and (position := next(queue, None)) is not None:
                 pending.append((position, pool.submit(read_shard, store, index, position)))
 
         refill()
@@ -87,7 +87,7 @@ def _checked(store, index: ShardIndex, wanted: dict[str, ImageItem], shards: lis
                 yield item, sample.data
             if found != expected[position]:
                 raise _missing(wanted, contents, position, uri)
-            del contents  # the next shard may arrive before the consumer drops this one's last image
+            del contents, future  # before waiting for the next: at most ``ahead`` + 1 shards in memory
 
 
 def _missing(wanted: dict[str, ImageItem], contents: list[Sample], position: int, uri: str) -> ShardError:
