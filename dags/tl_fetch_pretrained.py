@@ -10,6 +10,33 @@ from airflow_tl.operators import FetchPretrainedOperator
 
 DEMO_BUCKET = "s3://airflow-tl-demo"
 
+PARAMS = {
+    "pretrained_uri": Param(
+        f"{DEMO_BUCKET}/zoo/resnet18-digits-0-4",
+        type="string",
+        pattern=r"^(s3|torchvision|https?)://.+",
+        description="s3:// model folder, torchvision://<arch>/<WEIGHTS>, https://…/<name>-<sha256>.pth, "
+        "or https://…#sha256=<64 hex>",
+    ),
+    "work_uri": Param(
+        f"{DEMO_BUCKET}/work", type="string", pattern=r"^s3://.+", description="s3:// prefix for run outputs"
+    ),
+    "architecture": Param(
+        None, type=["null", "string"], description="torchvision architecture, when the URL's name is not one"
+    ),
+    "init": Param(
+        "pretrained", enum=["pretrained", "random"], description="keep the weights, or the architecture only"
+    ),
+    "image_size": Param(None, type=["null", "integer"], minimum=8, description="input size; default: the source's"),
+    "seed": Param(0, type="integer", description="seed for random initialisation"),
+    "weights_mirror": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^https?://.+",
+        description="base URL serving torchvision's weight files by file name, for workers without internet",
+    ),
+}
+
 with DAG(
     dag_id="tl_fetch_pretrained",
     description="Fetch and verify a pretrained model into an S3 model folder",
@@ -17,7 +44,12 @@ with DAG(
     catchup=False,
     tags=["airflow-tl", "transfer-learning"],
     render_template_as_native_obj=True,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "execution_timeout": timedelta(hours=1)},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "execution_timeout": timedelta(hours=1),
+        "allowed_conf": sorted(PARAMS),  # a conf key that is not a Param fails the run (operators/conf.py)
+    },
     doc_md="""
 ### Fetch a pretrained model
 
@@ -31,32 +63,7 @@ architecture is kept. Plain `http://` only with `[airflow_tl] allow_http`; every
 `[airflow_tl] allowed_uri_prefixes` when that is set; credentials in a URL are redacted in the log, the
 card and the XCom (docs/security.md).
 """,
-    params={
-        "pretrained_uri": Param(
-            f"{DEMO_BUCKET}/zoo/resnet18-digits-0-4",
-            type="string",
-            pattern=r"^(s3|torchvision|https?)://.+",
-            description="s3:// model folder, torchvision://<arch>/<WEIGHTS>, https://…/<name>-<sha256>.pth, "
-            "or https://…#sha256=<64 hex>",
-        ),
-        "work_uri": Param(
-            f"{DEMO_BUCKET}/work", type="string", pattern=r"^s3://.+", description="s3:// prefix for run outputs"
-        ),
-        "architecture": Param(
-            None, type=["null", "string"], description="torchvision architecture, when the URL's name is not one"
-        ),
-        "init": Param(
-            "pretrained", enum=["pretrained", "random"], description="keep the weights, or the architecture only"
-        ),
-        "image_size": Param(None, type=["null", "integer"], minimum=8, description="input size; default: the source's"),
-        "seed": Param(0, type="integer", description="seed for random initialisation"),
-        "weights_mirror": Param(
-            None,
-            type=["null", "string"],
-            pattern=r"^https?://.+",
-            description="base URL serving torchvision's weight files by file name, for workers without internet",
-        ),
-    },
+    params=PARAMS,
 ) as dag:
     FetchPretrainedOperator(
         task_id="fetch_pretrained",

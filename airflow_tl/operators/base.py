@@ -34,6 +34,8 @@ class TransferLearningBaseOperator(BaseOperator):
         points at MinIO or another S3-compatible store. (templated)
     :param work_uri: ``s3://`` prefix for intermediate results; each task writes under
         ``<work_uri>/runs/<dag_id>/<run_id>/<task_id>/``, so retries overwrite their own output only. (templated)
+    :param allowed_conf: the names a DAG run's conf may use (the DAG's Params); any other key fails the task
+        before it starts (operators/conf.py). None: not checked. airflow-tl's DAGs set it through default_args.
     """
 
     template_fields: Sequence[str] = ("aws_conn_id", "work_uri")
@@ -42,10 +44,18 @@ class TransferLearningBaseOperator(BaseOperator):
     # What execute wrote, for OpenLineage: most outputs are named only once it ran (run folders, versions).
     _lineage_outputs: Sequence[LineageRef] = ()
 
-    def __init__(self, *, aws_conn_id: str | None = "aws_default", work_uri: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str | None = "aws_default",
+        work_uri: str | None = None,
+        allowed_conf: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.aws_conn_id = aws_conn_id
         self.work_uri = work_uri
+        self.allowed_conf = allowed_conf
 
     def lineage_inputs(self) -> list[LineageRef]:
         """What the task reads, for OpenLineage: URIs or ``DatasetRef``s (None is left out)."""
@@ -74,8 +84,13 @@ class TransferLearningBaseOperator(BaseOperator):
         self.prepare_arguments()
 
     def pre_execute(self, context: Context) -> None:
-        """Type the arguments (again: mapped tasks are rendered without the method above) and check every URI."""
+        """Refuse conf keys that are not Params, type the arguments (again: mapped tasks are rendered without the
+        method above) and check every URI."""
         super().pre_execute(context)
+        if self.allowed_conf is not None:
+            from airflow_tl.operators.conf import check_conf
+
+            check_conf(context["dag_run"].conf, self.allowed_conf, context["dag_run"].dag_id)
         self.prepare_arguments()
         self.check_uris()
 

@@ -21,7 +21,7 @@ from airflow_tl.operators import (
 )
 from airflow_tl.pipelines.assets import ASSET_SCHEME, dataset_asset, model_asset  # noqa: F401  (public here too)
 from airflow_tl.pipelines.nodes import NODE_SETTINGS, mapped_train, node_params
-from airflow_tl.pipelines.params import DEMO_DEFAULTS, strategy_params
+from airflow_tl.pipelines.params import DEMO_DEFAULTS, OPTIMISER_SETTINGS, strategy_params
 from airflow_tl.pipelines.placement import apply_task_args
 from airflow_tl.pipelines.strategies import Strategy, get_strategy
 from airflow_tl.uris import slug
@@ -31,7 +31,7 @@ SETTINGS = (
     "dataset_uri", "pretrained_uri", "architecture", "image_size", "registry_uri", "model_name", "work_uri",
     "epochs", "batch_size", "learning_rate", "patience", "seed", "freeze_layers", "augment", "skip_corrupt",
     "gate_metric", "min_improvement", "min_score", "min_test_images", "on_class_change", "layout", "lp_ft",
-    "device", "num_processes",
+    "device", "num_processes", *OPTIMISER_SETTINGS,
 )  # fmt: skip
 TIMEOUTS = {
     "fetch_pretrained": timedelta(hours=1),
@@ -99,7 +99,8 @@ def build_dag(
         description=f"{spec.title}: trains {spec.trains}",
         tags=["airflow-tl", "transfer-learning", spec.name],
         params=params,
-        default_args={**DEFAULT_ARGS, **(default_args or {})},
+        # allowed_conf: the tasks refuse a run whose conf names anything but these Params (operators/conf.py).
+        default_args={**DEFAULT_ARGS, "allowed_conf": sorted(params), **(default_args or {})},
         doc_md=doc_md(spec, dag_id),
         schedule=schedule_from_env(dag_id) if schedule is ... else schedule,
         **DAG_SETTINGS,
@@ -259,6 +260,7 @@ def strategy_tasks(
         batch_size=s["batch_size"],
         learning_rate=s["learning_rate"],
         patience=s["patience"],
+        **{name: s[name] for name in OPTIMISER_SETTINGS},
         augment=False if spec.uses_features else s["augment"],
         lp_ft=s["lp_ft"] if "lp_ft" in spec.options else False,
         seed=s["seed"],

@@ -133,13 +133,15 @@ def _dag(dag_id: str, kind: str, kwargs: dict[str, Any]) -> tuple[DAG, dict[str,
     model_name = kwargs.pop("model_name", DEMO_DEFAULTS["model_name"])
     defaults = {"registry_uri": registry_uri, "model_name": model_name, **(kwargs.pop("param_defaults", None) or {})}
     timeouts = {**TIMEOUTS_MULTI, **(kwargs.pop("timeouts", None) or {})}
-    default_args = {**DEFAULT_ARGS, **(kwargs.pop("default_args", None) or {})}
+    params = multi_strategy_params(kind, defaults)
+    # allowed_conf: the tasks refuse a run whose conf names anything but these Params (operators/conf.py).
+    default_args = {**DEFAULT_ARGS, "allowed_conf": sorted(params), **(kwargs.pop("default_args", None) or {})}
     what = "assess the data, then run the advised strategy" if kind == "auto" else "all strategies side by side"
     dag = DAG(
         dag_id=dag_id,
         description=f"Transfer learning: {what}",
         tags=["airflow-tl", "transfer-learning", kind],
-        params=multi_strategy_params(kind, defaults),
+        params=params,
         default_args=default_args,
         doc_md=_doc_md(kind),
         schedule=schedule_from_env(dag_id) if schedule is ... else schedule,

@@ -8,6 +8,7 @@ from airflow.sdk import Param
 
 from airflow_tl.exceptions import InvalidArgumentError
 from airflow_tl.pipelines.strategies import STRATEGIES, Strategy
+from airflow_tl.training.config import OPTIMIZERS, TrainConfig
 
 S3_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 SOURCE_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|torchvision://.+|https?://.+)$"
@@ -29,8 +30,12 @@ HEAD_IGNORES = {
     "batch_size": "images per forward pass of feature extraction and evaluation; the head is fitted full-batch",
     "seed": "seed of the split; the head's fit is deterministic",
 }
+OPTIMISER_SETTINGS = ("optimizer", "weight_decay", "warmup_epochs", "layer_decay", "label_smoothing")
+# The optimiser's Params: what a fitted head (feature_extraction) does without them.
+HEAD_IGNORES_OPTIMISER = "not used: the head is fitted to convergence (L-BFGS)"
 # Defaults of the Params that neither the demo nor a strategy sets.
 GENERAL_DEFAULTS: dict[str, Any] = {
+    **{name: getattr(TrainConfig, name) for name in OPTIMISER_SETTINGS},
     "image_size": None,
     "seed": 0,
     "patience": 3,
@@ -122,8 +127,11 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             description="stop after this many epochs without a better validation loss; null never stops early",
         ),
         "seed": Param(d["seed"], type="integer", description="seed of the split, initialisation and shuffling"),
+        **_optimiser_params(d),
     }
     if strategy.uses_features:
+        for name in OPTIMISER_SETTINGS:
+            params[name].description = HEAD_IGNORES_OPTIMISER
         # Kept so that one conf serves every strategy DAG; the head is fitted to convergence (training/head.py).
         for name, why in HEAD_IGNORES.items():
             params[name].description = why
@@ -250,6 +258,44 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
             description=f"strategies that compete, side by side: any of {', '.join(names)}",
         )
     return _known(params, defaults, f"tl_{kind}")
+
+
+def _optimiser_params(d: dict[str, Any]) -> dict[str, Param]:
+    """How the epoch loop steps: TrainConfig's knobs, as typed Params with TrainConfig's ranges and defaults."""
+    return {
+        "optimizer": Param(
+            d["optimizer"],
+            enum=list(OPTIMIZERS),
+            description="'adamw' (decoupled weight decay) or 'sgd' (Nesterov momentum 0.9)",
+        ),
+        "weight_decay": Param(
+            d["weight_decay"],
+            type="number",
+            minimum=0,
+            description="weight decay (AdamW) or L2 penalty (SGD); never on biases or normalisation layers",
+        ),
+        "warmup_epochs": Param(
+            d["warmup_epochs"],
+            type="number",
+            minimum=0,
+            description="epochs of linear learning-rate warm-up before the cosine decay (fractions allowed)",
+        ),
+        "layer_decay": Param(
+            d["layer_decay"],
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=1,
+            description="layer-wise learning-rate decay: each block gets this factor of the next one's rate, "
+            "the head the full rate; null: one rate for all",
+        ),
+        "label_smoothing": Param(
+            d["label_smoothing"],
+            type="number",
+            minimum=0,
+            exclusiveMaximum=1,
+            description="cross-entropy label smoothing",
+        ),
+    }
 
 
 def _known(params: dict[str, Param], defaults: dict[str, Any] | None, dag: str) -> dict[str, Param]:

@@ -37,7 +37,10 @@ def conf(demo, dataset: str, bucket: str, strategy: str, **extra) -> dict:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_dag_lands_a_complete_version(store, bucket, demo, small_target, run_dag, strategy):
     dag_id = f"tl_{strategy}"  # the file users drop into their DAG folder
-    result = run_dag(dag_id, conf(demo, small_target, bucket, strategy))
+    # The optimiser's knobs are Params of every strategy DAG (one conf serves all; the fitted head ignores them).
+    knobs = {"optimizer": "sgd", "weight_decay": 0.0, "warmup_epochs": 0.5, "layer_decay": 0.7,
+             "label_smoothing": 0.05}  # fmt: skip
+    result = run_dag(dag_id, conf(demo, small_target, bucket, strategy) | knobs)
     assert result.state == "success", result.failures
     summary = result.xcoms["evaluate"]
     version = "v1"  # the first version of a fresh registry; the run that made it is its metadata
@@ -51,6 +54,8 @@ def test_each_strategy_dag_lands_a_complete_version(store, bucket, demo, small_t
     assert card.class_names == list("56789") and card.training["init"] == (
         "random" if strategy == "from_scratch" else "pretrained"
     )
+    if strategy != "feature_extraction":
+        assert {k: card.training[k] for k in knobs} == knobs
     metrics = registry.read_metrics(version)
     assert metrics["summary"] == summary["metrics"] and metrics["context"]["strategy"] == strategy
     assert metrics["summary"]["n"] == sum(1 for k in keys_under(store, small_target) if "/test/" in k)
@@ -221,3 +226,18 @@ def test_a_retried_evaluation_keeps_its_version_and_promotes_once(store, bucket,
     assert first.metrics.summary() == second.metrics.summary()
     reg = Registry(store, registry, "m")
     assert reg.versions() == ["run-1"] and [e["version"] for e in reg.history()] == ["run-1"]
+
+
+def test_a_conf_key_that_is_not_a_param_fails_the_run_at_once_naming_it(store, bucket, demo, small_target, run_dag):
+    settings = conf(demo, small_target, bucket, "partial_freeze") | {"epoch": 3, "dropout": 0.2}
+    result = run_dag("tl_test_retrying_partial_freeze", settings)
+    assert result.state == "failed"
+    assert result.task_states["fetch_pretrained"] == "failed" and result.tries["fetch_pretrained"] == 1  # no retry
+    failure = result.failure("fetch_pretrained")
+    assert failure["type"] == "InvalidArgumentError"
+    assert (
+        "has keys that are not Params of the DAG: 'dropout', 'epoch' (did you mean 'epochs'?)" in (failure["message"])
+    )
+    assert "Valid Params: " in failure["message"] and "freeze_layers" in failure["message"]
+    assert all(state != "success" for state in result.task_states.values())
+    assert keys_under(store, f"s3://{bucket}") == []  # nothing fetched, trained or registered

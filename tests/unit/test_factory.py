@@ -116,3 +116,20 @@ def test_timeouts_and_retries_can_be_set_per_task():
     assert dag.get_task("train").execution_timeout == timedelta(hours=30)
     assert dag.get_task("evaluate").execution_timeout == timedelta(hours=2)
     assert {t.retries for t in dag.tasks} == {5}
+
+
+@pytest.mark.parametrize("strategy", ["feature_extraction", "partial_freeze", "full_finetune", "from_scratch"])
+def test_the_optimisers_knobs_are_typed_params_with_trainconfigs_defaults_and_ranges(strategy):
+    from airflow_tl.pipelines import build_dag
+    from airflow_tl.training.config import TrainConfig
+
+    dag = build_dag(strategy, dag_id=f"knobs_{strategy}", schedule=None)
+    params = {name: dag.params.get_param(name) for name in
+              ("optimizer", "weight_decay", "warmup_epochs", "layer_decay", "label_smoothing")}  # fmt: skip
+    assert {name: p.value for name, p in params.items()} == {name: getattr(TrainConfig(), name) for name in params}
+    assert params["optimizer"].schema["enum"] == ["adamw", "sgd"]
+    assert params["label_smoothing"].schema["exclusiveMaximum"] == 1 and params["layer_decay"].schema["maximum"] == 1
+    assert all(p.description for p in params.values())
+    assert ("not used" in params["optimizer"].description) == (strategy == "feature_extraction")
+    # Every task of the DAG refuses a conf key that is not one of its Params.
+    assert all(sorted(task.allowed_conf) == sorted(dag.params) for task in dag.tasks if hasattr(task, "allowed_conf"))
