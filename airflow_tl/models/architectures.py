@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -18,6 +17,7 @@ import torchvision
 from torch import nn
 
 from airflow_tl.exceptions import IncompatibleWeightsError, UnknownArchitectureError
+from airflow_tl.models.blocks import family_blocks
 from airflow_tl.models.card import Block
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,6 @@ def head_prefixes(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys))
 
 
-def _children(model: nn.Module, parent: str) -> list[str]:
-    return [f"{parent}.{n}" for n, _ in model.get_submodule(parent).named_children()]
-
-
-def _resnet_blocks(model: nn.Module, head: set[str]) -> list[Block]:
-    return [Block("stem", ["conv1", "bn1"])] + [Block(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]
-
-
-def _features_blocks(model: nn.Module, head: set[str]) -> list[Block]:
-    """MobileNetV3 and EfficientNet: stem, one block per stage in ``features``, then any pre-logits layer."""
-    blocks = [Block(p, [p]) for p in _children(model, "features")]
-    blocks[0].name = "stem"
-    for prefix in _children(model, "classifier"):
-        if prefix not in head and any(True for _ in model.get_submodule(prefix).parameters()):
-            blocks.append(Block("pre_logits", [prefix]))
-    return blocks
-
-
 def _generic_blocks(model: nn.Module, head: set[str]) -> list[Block]:
     """One block per top-level child that holds state other than the head's.
 
@@ -123,14 +105,8 @@ def _under(name: str, prefixes: set[str] | list[str] | tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-_FAMILIES: list[tuple[Callable[[str], bool], Callable[[nn.Module, set[str]], list[Block]]]] = [
-    (lambda n: n.startswith(("resnet", "resnext", "wide_resnet")), _resnet_blocks),
-    (lambda n: n.startswith(("mobilenet_v3", "efficientnet")), _features_blocks),
-]
-
-
 def describe_blocks(name: str, model: nn.Module | None = None) -> list[Block]:
-    """The ordered blocks of an architecture, hand-written for ResNet, MobileNetV3 and EfficientNet."""
+    """The ordered blocks of an architecture: its family's stages (models/blocks.py), else its top-level children."""
     check_architecture(name)
     if model is None:
         try:
@@ -138,10 +114,8 @@ def describe_blocks(name: str, model: nn.Module | None = None) -> list[Block]:
         except NotImplementedError:
             model = build_model(name, 3)
     head = set(head_prefixes(name))
-    for matches, blocks_of in _FAMILIES:
-        if matches(name):
-            return blocks_of(model, head)
-    return _generic_blocks(model, head)
+    blocks_of = family_blocks(name) or _generic_blocks
+    return blocks_of(model, head)
 
 
 def block_of(param_name: str, blocks: list[Block], head: list[str] | tuple[str, ...]) -> int | None:

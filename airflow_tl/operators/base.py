@@ -49,7 +49,7 @@ class TransferLearningBaseOperator(BaseOperator):
         *,
         aws_conn_id: str | None = "aws_default",
         work_uri: str | None = None,
-        allowed_conf: Sequence[str] | None = None,
+        allowed_conf: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

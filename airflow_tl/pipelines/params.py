@@ -140,7 +140,8 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             d["freeze_layers"],
             type="integer",
             minimum=0,
-            description="number of leading blocks to freeze (ResNet: stem, layer1, ..., layer4)",
+            description="number of leading blocks to freeze, counted from the input: each family's stages "
+            "(ResNet: stem, layer1, ..., layer4; ViT: patch_embed, then each encoder layer; docs/architectures.md)",
         )
     if "lp_ft" in strategy.options:
         params["lp_ft"] = Param(

@@ -127,46 +127,59 @@ def test_resnet18_blocks() -> None:
     ]
 
 
-def test_mobilenet_v3_small_blocks() -> None:
-    blocks = describe_blocks("mobilenet_v3_small")
-    assert [b.name for b in blocks] == ["stem", *(f"features.{i}" for i in range(1, 13)), "pre_logits"]
-    assert blocks[0].prefixes == ["features.0"]
-    assert blocks[5].prefixes == ["features.5"]
-    assert blocks[-1].prefixes == ["classifier.0"]
-
-
-def test_efficientnet_b0_blocks() -> None:
-    blocks = describe_blocks("efficientnet_b0")
-    assert [b.name for b in blocks] == ["stem", *(f"features.{i}" for i in range(1, 9))]
-    assert [b.prefixes for b in blocks] == [[f"features.{i}"] for i in range(9)]
+STAGES4 = ["stem", "stage1", "stage2", "stage3", "stage4"]
 
 
 @pytest.mark.parametrize(
     ("name", "block_names"),
     [
-        ("vgg11", ["features", "classifier"]),
-        ("densenet121", ["features"]),
-        ("vit_b_16", ["conv_proj", "encoder"]),
+        ("vgg11", ["conv1", "conv2", "conv3", "conv4", "conv5", "pre_logits"]),
+        ("vgg11_bn", ["conv1", "conv2", "conv3", "conv4", "conv5", "pre_logits"]),
+        ("alexnet", ["conv1", "conv2", "conv3", "pre_logits"]),
+        ("squeezenet1_1", ["stem", "fire_group1", "fire_group2", "fire_group3"]),
+        ("densenet121", ["stem", "denseblock1", "denseblock2", "denseblock3", "denseblock4"]),
+        ("mobilenet_v2", ["stem", *(f"stage{i}" for i in range(1, 8)), "last_conv"]),
+        ("mobilenet_v3_small", ["stem", *(f"stage{i}" for i in range(1, 6)), "last_conv", "pre_logits"]),
+        ("mobilenet_v3_large", ["stem", *(f"stage{i}" for i in range(1, 7)), "last_conv", "pre_logits"]),
+        ("efficientnet_b0", ["stem", *(f"stage{i}" for i in range(1, 8)), "last_conv"]),
+        ("efficientnet_v2_s", ["stem", *(f"stage{i}" for i in range(1, 7)), "last_conv"]),
+        ("mnasnet0_5", ["stem", *(f"stage{i}" for i in range(1, 7)), "last_conv"]),
+        ("regnet_y_400mf", ["stem", "block1", "block2", "block3", "block4"]),
+        ("convnext_tiny", [*STAGES4, "pre_logits"]),
+        ("swin_t", [*STAGES4, "norm"]),
+        ("vit_b_16", ["patch_embed", *(f"encoder_layer_{i}" for i in range(12)), "encoder_norm"]),
+        ("inception_v3", ["stem", "conv3_4", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                          "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]),
+        ("googlenet", ["conv1", "conv2", "conv3", "inception3a", "inception3b", "inception4a", "inception4b",
+                       "inception4c", "inception4d", "inception4e", "inception5a", "inception5b"]),
         ("shufflenet_v2_x0_5", ["conv1", "stage2", "stage3", "stage4", "conv5"]),
-        ("convnext_tiny", ["features", "classifier"]),
-        ("regnet_y_400mf", ["stem", "trunk_output"]),
-        (
-            "googlenet",
-            ["conv1", "conv2", "conv3", "inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
-             "inception4d", "inception4e", "inception5a", "inception5b"],
-        ),
+        ("maxvit_t", [*STAGES4, "pre_logits"]),
     ],
 )  # fmt: skip
-def test_generic_blocks_are_top_level_children(name: str, block_names: list[str]) -> None:
-    blocks = describe_blocks(name)
-    assert [b.name for b in blocks] == block_names
-    # A child holding the head keeps only its non-head parts; the model's own tensors join the first block.
-    special = {
-        ("vgg11", "classifier"): ["classifier.0", "classifier.3"],
-        ("convnext_tiny", "classifier"): ["classifier.0"],
-        ("vit_b_16", "conv_proj"): ["conv_proj", "class_token"],
-    }
-    assert [b.prefixes for b in blocks] == [special.get((name, n), [n]) for n in block_names]
+def test_each_family_freezes_by_its_own_stages(name: str, block_names: list[str]) -> None:
+    assert [b.name for b in describe_blocks(name)] == block_names
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "prefixes"),
+    [
+        ("vgg11", "conv3", ["features.6", "features.8"]),  # between the second and third max-pooling
+        ("vgg11", "pre_logits", ["classifier.0", "classifier.3"]),  # fc6, fc7: the head is classifier.6
+        ("alexnet", "pre_logits", ["classifier.1", "classifier.4"]),
+        ("densenet121", "denseblock2", ["features.denseblock2", "features.transition2"]),
+        ("densenet121", "denseblock4", ["features.denseblock4", "features.norm5"]),
+        ("mobilenet_v2", "stage2", ["features.2", "features.3"]),  # one output width: 24 channels
+        ("convnext_tiny", "stage2", ["features.2", "features.3"]),  # the downsampling opens the stage
+        ("convnext_tiny", "pre_logits", ["classifier.0"]),
+        ("swin_t", "stage4", ["features.6", "features.7"]),
+        ("vit_b_16", "patch_embed", ["conv_proj", "class_token", "encoder.pos_embedding"]),
+        ("vit_b_16", "encoder_layer_3", ["encoder.layers.encoder_layer_3"]),
+        ("mnasnet0_5", "stem", ["layers.0", "layers.1", "layers.3", "layers.4", "layers.6", "layers.7"]),
+        ("regnet_y_400mf", "block2", ["trunk_output.block2"]),
+    ],
+)
+def test_blocks_hold_the_modules_of_their_stage(name: str, block: str, prefixes: list[str]) -> None:
+    assert next(b for b in describe_blocks(name) if b.name == block).prefixes == prefixes
 
 
 def test_describe_blocks_uses_the_given_model() -> None:
@@ -176,6 +189,14 @@ def test_describe_blocks_uses_the_given_model() -> None:
 
 COVERAGE = [
     "resnet18",
+    "wide_resnet50_2",
+    "efficientnet_v2_s",
+    "vgg11_bn",
+    "squeezenet1_1",
+    "vit_b_32",
+    "swin_v2_t",
+    "regnet_x_400mf",
+    "maxvit_t",
     "resnext50_32x4d",
     "mobilenet_v3_small",
     "mobilenet_v3_large",

@@ -113,7 +113,7 @@ def test_train_mode_on_mobilenet_keeps_frozen_dropout_and_norms_in_eval() -> Non
     model = build_model("mobilenet_v3_small", 3, device="meta")
     blocks = describe_blocks("mobilenet_v3_small", model)
     frozen = freeze_first(model, blocks, 3)
-    assert frozen == ["features.0", "features.1", "features.2"]
+    assert frozen == ["features.0", "features.1", "features.2", "features.3"]  # stem, stage1, stage2
     train_mode(model, frozen)
     modes = {name: module.training for name, module in model.named_modules() if name}
     assert not any(mode for name, mode in modes.items() if under(name, frozen))
