@@ -22,4 +22,4 @@ def test_each_dags_page_lists_its_params(strategy):
 
 def test_rendering_keeps_paths_readable_in_markdown():
     table = params_table("partial_freeze")
-    assert "`<prefix>/<class>/<image>`" in table and "| `freeze_layers` | integer (≥ 0) | `3` |" in table
+    assert "`<prefix>/<class>/<image>`" in table and "| `freeze_layers` | integer (≥ 0) or string | `3` |" in table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 import torch
@@ -11,19 +12,33 @@ from airflow_tl.exceptions import InvalidArgumentError
 from airflow_tl.models.card import Block
 
 
-def resolve_freeze_layers(value: int | str, blocks: list[Block]) -> int:
-    """Turn ``freeze_layers`` (0…n, or ``"all"`` for head-only training) into a block count."""
+def resolve_freeze_layers(value: int | str, blocks: list[Block], *, architecture: str | None = None) -> int:
+    """Turn ``freeze_layers`` into a block count: 0…n, a block name (frozen up to and including it), or ``"all"``.
+
+    ``architecture`` names the model in the error, which lists the valid range and every block's name.
+    """
     n = len(blocks)
+    names = [b.name for b in blocks]
     if value == "all":
         return n
     count = int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()) else value
-    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= n:
-        names = ", ".join(b.name for b in blocks)
-        raise InvalidArgumentError(
-            f"Argument freeze_layers accepts only 0…{n} or 'all' for this model, whose {n} blocks are: {names}. "
-            f"Provided value: {value!r}."
-        )
-    return count
+    if isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= n:
+        return count
+    if isinstance(value, str) and value in names:
+        return names.index(value) + 1
+    raise InvalidArgumentError(
+        f"Argument freeze_layers accepts only 0…{n}, a block name or 'all' for {architecture or 'this model'}, "
+        f"whose {n} blocks are: {', '.join(names)}. Provided value: {value!r}.{_closest(value, names)}"
+    )
+
+
+def _closest(value: object, names: list[str]) -> str:
+    """A hint for a near miss such as 'Layer3' or 'layer_3' (" Did you mean 'layer3'?"), or an empty string."""
+    if not isinstance(value, str):
+        return ""
+    choices = {name.lower(): name for name in [*names, "all"]}
+    close = difflib.get_close_matches(value.strip().lower(), choices, n=1)
+    return f" Did you mean {choices[close[0]]!r}?" if close else ""
 
 
 def freeze_first(model: nn.Module, blocks: list[Block], k: int) -> list[str]:

@@ -19,8 +19,9 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     - ``freeze_layers="all"`` with ``features_uri``: a new linear head fitted to convergence on cached features
       (feature extraction: L-BFGS, L2 penalty chosen on the validation split; no epochs, no checkpoints); the
       backbone is never loaded. The epoch loop's arguments (``epochs`` … ``label_smoothing``) do not apply.
-    - ``freeze_layers=k``: the first k blocks frozen (no gradients, no optimizer state, BatchNorm statistics
-      kept), the rest and the head trained on images streamed from S3 (partial freeze; 0 = full fine-tune).
+    - ``freeze_layers=k`` or a block name: the first k blocks, or the blocks up to and including the named one,
+      frozen (no gradients, no optimizer state, BatchNorm statistics kept), the rest and the head trained on images
+      streamed from S3 (partial freeze; 0 = full fine-tune).
     - ``init="random"``: the same architecture from random weights (from scratch).
 
     A retried task resumes from its last complete checkpoint and says so in the log. The result is a model
@@ -30,7 +31,9 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
     :param model_uri: model folder to start from (its architecture, preprocessing and weights). (templated)
     :param dataset_uri: ``s3://`` image dataset; needed unless training on ``features_uri``. (templated)
     :param features_uri: features from ExtractFeaturesOperator, for head-only training. (templated)
-    :param freeze_layers: number of leading blocks to freeze, or ``"all"``. (templated)
+    :param freeze_layers: number of leading blocks to freeze, the name of the last block to freeze (``"layer3"``
+        freezes ResNet's stem to layer3; the names per family are in docs/architectures.md), or ``"all"``. A count
+        or name the model does not have fails the task at once, listing the model's blocks. (templated)
     :param init: ``"pretrained"`` or ``"random"``. (templated)
     :param epochs: maximum epochs. (templated)
     :param batch_size: images (or feature rows) per step. (templated)
@@ -116,7 +119,7 @@ class FreezeAndTrainOperator(TransferLearningBaseOperator):
         model_uri: str,
         dataset_uri: str | None = None,
         features_uri: str | None = None,
-        freeze_layers: int | Literal["all"] = 0,
+        freeze_layers: int | str = 0,
         init: str = "pretrained",
         epochs: int = 10,
         batch_size: int = 64,

@@ -47,12 +47,15 @@ def _type(schema: dict[str, Any]) -> str:
     kinds = schema.get("type", "string")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     nullable = "null" in kinds
-    text = " or ".join(k for k in kinds if k != "null") + (" or null" if nullable else "")
     bounds = []
     if "minimum" in schema:
         bounds.append(f"≥ {schema['minimum']}")
     if "exclusiveMinimum" in schema:
         bounds.append(f"> {schema['exclusiveMinimum']}")
+    if bounds and "string" in kinds:  # bounds hold for numbers only: said beside them, not after the string
+        kinds = [f"{k} ({', '.join(bounds)})" if k in ("integer", "number") else k for k in kinds]
+        bounds = []
+    text = " or ".join(k for k in kinds if k != "null") + (" or null" if nullable else "")
     return text + (f" ({', '.join(bounds)})" if bounds else "")
 
 

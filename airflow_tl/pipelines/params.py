@@ -8,7 +8,7 @@ from airflow.sdk import Param
 
 from airflow_tl.exceptions import InvalidArgumentError
 from airflow_tl.pipelines.strategies import STRATEGIES, Strategy
-from airflow_tl.training.config import OPTIMIZERS, TrainConfig
+from airflow_tl.training.config import BLOCK_NAME_PATTERN, OPTIMIZERS, TrainConfig
 
 S3_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 SOURCE_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|torchvision://.+|https?://.+)$"
@@ -30,6 +30,11 @@ HEAD_IGNORES = {
     "batch_size": "images per forward pass of feature extraction and evaluation; the head is fitted full-batch",
     "seed": "seed of the split; the head's fit is deterministic",
 }
+FREEZE_LAYERS = (
+    "leading blocks to freeze, counted from the input, or the name of the last one to freeze (layer3: stem to "
+    "layer3); each family's stages (ResNet: stem, layer1, ..., layer4; ViT: patch_embed, then each encoder layer; "
+    "docs/architectures.md)"
+)
 OPTIMISER_SETTINGS = ("optimizer", "weight_decay", "warmup_epochs", "layer_decay", "label_smoothing")
 # The optimiser's Params: what a fitted head (feature_extraction) does without them.
 HEAD_IGNORES_OPTIMISER = "not used: the head is fitted to convergence (L-BFGS)"
@@ -138,10 +143,12 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
     if strategy.freeze_layers is None:
         params["freeze_layers"] = Param(
             d["freeze_layers"],
-            type="integer",
+            # Both JSON types: the trigger form reads 3 as a count and layer3 as a name. Minimum and pattern each
+            # constrain only their own type.
+            type=["integer", "string"],
             minimum=0,
-            description="number of leading blocks to freeze, counted from the input: each family's stages "
-            "(ResNet: stem, layer1, ..., layer4; ViT: patch_embed, then each encoder layer; docs/architectures.md)",
+            pattern=f"^([0-9]+|{BLOCK_NAME_PATTERN})$",
+            description=FREEZE_LAYERS,
         )
     if "lp_ft" in strategy.options:
         params["lp_ft"] = Param(
@@ -231,7 +238,7 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
             description=f"{params[name].description}; null: each strategy's own ({values})",
             **schema,
         )
-    params["freeze_layers"].description = f"{params['freeze_layers'].description} (partial_freeze only)"
+    params["freeze_layers"].description = f"{FREEZE_LAYERS} (partial_freeze only)"
     lp_ft = strategy_params(STRATEGIES["full_finetune"], {"lp_ft": d.get("lp_ft", False)})["lp_ft"]
     lp_ft.description = f"{lp_ft.description} (full_finetune only)"
     params["lp_ft"] = lp_ft

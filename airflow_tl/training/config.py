@@ -5,17 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from airflow_tl.exceptions import InvalidArgumentError
 
 OPTIMIZERS = ("adamw", "sgd")
+# Block names are module names: "layer3", "encoder_layer_0", "Mixed_5b" (models/blocks.py).
+BLOCK_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 @dataclass
 class TrainConfig:
-    """How to train. ``freeze_layers`` is 0…n blocks or ``"all"`` (head only)."""
+    """How to train. ``freeze_layers`` is 0…n blocks, the name of the last block to freeze, or ``"all"`` (head only).
+
+    Whether a count or name fits the model is known only with its blocks (``models.freezing.resolve_freeze_layers``).
+    """
 
     epochs: int = 10
     batch_size: int = 64
@@ -61,18 +67,7 @@ class TrainConfig:
             raise InvalidArgumentError(f"Argument lp_ft accepts only True and False. Provided value: {self.lp_ft!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise InvalidArgumentError(f"Argument seed must be an integer. Provided value: {self.seed!r}.")
-        if not (
-            self.freeze_layers == "all"
-            or (
-                isinstance(self.freeze_layers, int)
-                and not isinstance(self.freeze_layers, bool)
-                and self.freeze_layers >= 0
-            )
-        ):
-            raise InvalidArgumentError(
-                "Argument freeze_layers accepts only a block count (0 or more) or 'all'. "
-                f"Provided value: {self.freeze_layers!r}."
-            )
+        self.freeze_layers = _freeze_layers(self.freeze_layers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +75,20 @@ class TrainConfig:
     def fingerprint(self, **context: Any) -> str:
         """Identifies a training job: a checkpoint is resumed only by the same config on the same inputs."""
         return hashlib.sha256(json.dumps([self.to_dict(), context], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _freeze_layers(value: Any) -> int | str:
+    """A count (a digit string becomes one), ``"all"`` or something shaped like a block name."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        return int(value)
+    if (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+        isinstance(value, str) and re.fullmatch(BLOCK_NAME_PATTERN, value)
+    ):
+        return value
+    raise InvalidArgumentError(
+        "Argument freeze_layers accepts only a block count (0 or more), a block name or 'all'. "
+        f"Provided value: {value!r}."
+    )
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -190,7 +190,7 @@ def _train_on_images(
         state_dict, card = None, read_card(store, model_uri)
     new_head = reset_head is True or (reset_head == "auto" and dataset.class_names != card.class_names)
     classes = class_mapping(dataset, card.class_names, new_head=new_head, model_uri=model_uri)
-    k = resolve_freeze_layers(config.freeze_layers, card.blocks)
+    k = resolve_freeze_layers(config.freeze_layers, card.blocks, architecture=card.architecture)
 
     torch.manual_seed(config.seed)
     model = build_model(card.architecture, len(classes))

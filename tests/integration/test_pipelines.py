@@ -140,7 +140,8 @@ def test_the_pipeline_as_a_task_group_in_a_users_dag(store, bucket, demo, small_
         ({"dataset_uri": "https://example.com/images"}, "dataset_uri"),
         ({"registry_uri": "/tmp/registry"}, "registry_uri"),
         ({"gate_metric": "f2"}, "gate_metric"),
-        ({"freeze_layers": "some"}, "freeze_layers"),
+        ({"freeze_layers": -1}, "freeze_layers"),
+        ({"freeze_layers": "layer 3"}, "freeze_layers"),  # a block name has no spaces
     ],
 )
 def test_params_that_fail_validation_are_rejected_naming_the_param(run_dag, conf_, param):

@@ -80,5 +80,5 @@ def test_freeze_layers_beyond_the_blocks_fails_naming_them(bucket, demo, small_t
     assert result.task_states["train"] == "failed"
     failure = result.failure("train")
     assert failure["type"] == "InvalidArgumentError" and "AirflowException" in failure["mro"]
-    assert "freeze_layers accepts only 0…5 or 'all'" in failure["message"]
+    assert "freeze_layers accepts only 0…5, a block name or 'all' for resnet18" in failure["message"]
     assert "stem, layer1, layer2, layer3, layer4. Provided value: 6" in failure["message"]

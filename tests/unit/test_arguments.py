@@ -118,7 +118,7 @@ def test_every_uri_argument_is_templated(operator: type) -> None:
 
 def test_declared_types_of_the_training_operator() -> None:
     types = declared_types(FreezeAndTrainOperator, TransferLearningBaseOperator)
-    assert describe(types["freeze_layers"]) == "an integer or 'all'"
+    assert describe(types["freeze_layers"]) == "an integer or a string"
     assert describe(types["reset_head"]) == "True, False or 'auto'"
     assert describe(types["layer_decay"]) == "a number or None"
     assert describe(types["work_uri"]) == "a string or None"
@@ -149,6 +149,13 @@ def test_an_operator_types_what_a_string_rendering_dag_gives_it() -> None:
         None,
     )
     assert op.model_uri == "s3://b/m" and op.batch_size == 64  # defaults pass through unchanged
+
+
+@pytest.mark.parametrize(("rendered", "value"), [("3", 3), (3, 3), ("layer3", "layer3"), ("all", "all")])
+def test_freeze_layers_is_a_count_or_a_block_name(rendered: Any, value: Any) -> None:
+    op = _train(freeze_layers=rendered)
+    op.prepare_arguments()
+    assert op.freeze_layers == value and type(op.freeze_layers) is type(value)
 
 
 def test_an_operator_names_a_bad_argument() -> None:

@@ -42,9 +42,16 @@ def test_resolve_freeze_layers_digit_strings(blocks: list[Block], value: str, ex
     assert result == expected and type(result) is int
 
 
+@pytest.mark.parametrize(("value", "expected"), [("stem", 1), ("layer1", 2), ("layer3", 4), ("layer4", 5)])
+def test_resolve_freeze_layers_by_name_freezes_up_to_and_including_it(
+    blocks: list[Block], value: str, expected: int
+) -> None:
+    assert resolve_freeze_layers(value, blocks) == expected
+
+
 @pytest.mark.parametrize(
     "value",
-    [6, -1, 100, "6", "-1", "x", "", "ALL", "all ", "2.5", 2.0, True, False, None, [2],
+    [6, -1, 100, "6", "-1", "x", "", "2.5", 2.0, True, False, None, [2], "layer5", "fc",
      "²"],  # str.isdigit() accepts it, int() does not
     ids=repr,
 )  # fmt: skip
@@ -52,17 +59,36 @@ def test_resolve_freeze_layers_rejects(blocks: list[Block], value: object) -> No
     with pytest.raises(InvalidArgumentError) as err:
         resolve_freeze_layers(value, blocks)  # type: ignore[arg-type]
     shown = value  # reported exactly as given
-    assert str(err.value) == (
-        "Argument freeze_layers accepts only 0…5 or 'all' for this model, whose 5 blocks are: "
+    assert str(err.value).startswith(
+        "Argument freeze_layers accepts only 0…5, a block name or 'all' for this model, whose 5 blocks are: "
         f"stem, layer1, layer2, layer3, layer4. Provided value: {shown!r}."
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [("Layer3", "layer3"), ("layer_3", "layer3"), ("ALL", "all"), ("all ", "all"), ("Stem", "stem"), ("x", None)],
+)
+def test_a_near_miss_names_the_block_meant(blocks: list[Block], value: str, hint: str | None) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        resolve_freeze_layers(value, blocks, architecture="resnet18")
+    message = str(err.value)
+    assert " for resnet18, whose 5 blocks are: " in message
+    assert message.endswith(f"Provided value: {value!r}." + (f" Did you mean {hint!r}?" if hint else ""))
 
 
 def test_resolve_freeze_layers_counts_the_given_blocks() -> None:
     blocks = [Block("a", ["a"]), Block("b", ["b"])]
     assert resolve_freeze_layers("all", blocks) == 2
-    with pytest.raises(InvalidArgumentError, match="0…2 or 'all' .* 2 blocks are: a, b"):
+    assert resolve_freeze_layers("b", blocks) == 2
+    with pytest.raises(InvalidArgumentError, match="0…2, a block name or 'all' .* 2 blocks are: a, b"):
         resolve_freeze_layers(3, blocks)
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "convnext_tiny", "inception_v3", "squeezenet1_1"])
+def test_every_block_name_of_a_family_resolves_to_its_position(name: str) -> None:
+    blocks = describe_blocks(name)
+    assert [resolve_freeze_layers(b.name, blocks, architecture=name) for b in blocks] == list(range(1, len(blocks) + 1))
 
 
 # --- freeze_first -----------------------------------------------------------------------------------------------
