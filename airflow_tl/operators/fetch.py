@@ -32,6 +32,9 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
     :param seed: seed for random initialisation. (templated)
     :param weights_mirror: base URL that serves torchvision's weight files by their file name,
         for workers without internet access. (templated)
+    :param freeze_layers: the ``freeze_layers`` training will use (a block count, a block name or ``"all"``),
+        checked against the architecture's blocks before anything is downloaded, so that a count or name the
+        model lacks fails at once, listing its blocks; None: not checked. (templated)
     :param output_uri: model folder to write; default: this task's folder under ``work_uri``. (templated)
     """
 
@@ -45,6 +48,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         "image_size",
         "seed",
         "weights_mirror",
+        "freeze_layers",
         "output_uri",
     )
     uri_fields = (*TransferLearningBaseOperator.uri_fields, "pretrained_uri", "weights_mirror", "output_uri")
@@ -61,6 +65,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         image_size: int | None = None,
         seed: int = 0,
         weights_mirror: str | None = None,
+        freeze_layers: int | str | None = None,
         output_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -73,6 +78,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
         self.image_size = image_size
         self.seed = seed
         self.weights_mirror = weights_mirror
+        self.freeze_layers = freeze_layers
         self.output_uri = output_uri
 
     def lineage_inputs(self) -> list[str | None]:
@@ -93,6 +99,7 @@ class FetchPretrainedOperator(TransferLearningBaseOperator):
             image_size=self.image_size,
             seed=self.seed,
             weights_mirror=self.weights_mirror,
+            freeze_layers=self.freeze_layers,
         )
         output_uri = self.run_prefix(context, self.output_uri)
         source = redact(spec.pretrained_uri) or spec.architecture

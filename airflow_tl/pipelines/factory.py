@@ -177,7 +177,9 @@ def _add_tasks(
     spec: Strategy, s: dict[str, Any], prefix: str, outlets: list[Asset], timeouts: dict[str, timedelta],
     pod: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
-    fetch = fetch_task(s, timeouts, init=spec.init, architecture=s.get("architecture"))
+    # Only a Param can hold a count or name the model lacks; a strategy's own value fits every model.
+    freeze_layers = s["freeze_layers"] if spec.freeze_layers is None else None
+    fetch = fetch_task(s, timeouts, init=spec.init, architecture=s.get("architecture"), freeze_layers=freeze_layers)
     first, _ = strategy_tasks(
         spec, s, prefix, f"{{{{ ti.xcom_pull(task_ids='{prefix}fetch_pretrained')['model_uri'] }}}}", timeouts,
         outlets=outlets, pod=pod,
@@ -186,9 +188,17 @@ def _add_tasks(
 
 
 def fetch_task(
-    s: dict[str, Any], timeouts: dict[str, timedelta], *, init: str = "pretrained", architecture: str | None = None
+    s: dict[str, Any],
+    timeouts: dict[str, timedelta],
+    *,
+    init: str = "pretrained",
+    architecture: str | None = None,
+    freeze_layers: Any = None,
 ) -> FetchPretrainedOperator:
-    """The fetch task: the source's weights (or, for ``init="random"``, its architecture) as a model folder."""
+    """The fetch task: the source's weights (or, for ``init="random"``, its architecture) as a model folder.
+
+    ``freeze_layers`` (a value or template), when given, is checked against the model's blocks before any download.
+    """
     return FetchPretrainedOperator(
         task_id="fetch_pretrained",
         pretrained_uri=s["pretrained_uri"],
@@ -198,6 +208,7 @@ def fetch_task(
         num_classes=2 if init == "random" else None,
         image_size=s["image_size"],
         seed=s["seed"],
+        freeze_layers=freeze_layers,
         execution_timeout=timeouts["fetch_pretrained"],
         work_uri=s["work_uri"],
     )

@@ -32,6 +32,10 @@ from airflow_tl.pipelines.strategies import STRATEGIES, Strategy
 
 FETCHED = "{{ ti.xcom_pull(task_ids='fetch_pretrained')['model_uri'] }}"
 ADVICE = "{{ ti.xcom_pull(task_ids='assess') }}"
+# tl_auto checks freeze_layers before any download when partial_freeze may run: a bad value would otherwise fail
+# only after the fetch and the assessment. tl_tournament does not: a contender's bad setting fails that contender
+# alone, at its first try, and the others still compete (they need the fetched model anyway).
+AUTO_FREEZE_LAYERS = "{{ params.freeze_layers if params.strategy in ('auto', 'partial_freeze') else none }}"
 TIMEOUTS_MULTI = {**TIMEOUTS, "assess": timedelta(hours=1), "tournament": timedelta(hours=2)}
 
 
@@ -44,7 +48,7 @@ def build_auto_dag(dag_id: str = "tl_auto", **kwargs: Any) -> DAG:
     task_args = kwargs.pop("task_args", None)
     dag, timeouts, asset = _dag(dag_id, "auto", kwargs)
     with dag:
-        fetch = fetch_task(_settings(), timeouts)
+        fetch = fetch_task(_settings(), timeouts, freeze_layers=AUTO_FREEZE_LAYERS)
         assess = _assess(timeouts)
         choose = ChooseStrategyOperator(task_id="choose_strategy", advice=ADVICE, strategy="{{ params.strategy }}")
         fetch >> assess >> choose

@@ -148,7 +148,7 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             type=["integer", "string"],
             minimum=0,
             pattern=f"^([0-9]+|{BLOCK_NAME_PATTERN})$",
-            description=FREEZE_LAYERS,
+            description=f"{FREEZE_LAYERS}; checked against the model's blocks before anything is downloaded",
         )
     if "lp_ft" in strategy.options:
         params["lp_ft"] = Param(
@@ -216,6 +216,12 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
 
 # Params whose default differs by strategy: in a DAG that runs several strategies, null means each one's own.
 PER_STRATEGY = ("epochs", "batch_size", "learning_rate")
+# When a DAG of several strategies checks freeze_layers (pipelines/multi.py says why).
+MULTI_FREEZE_CHECK = {
+    "auto": "checked against the model's blocks before anything is downloaded, unless strategy overrides the "
+    "advice with another strategy",
+    "tournament": "a count or name the model lacks fails that contender alone, at once",
+}
 MULTI_DEFAULTS: dict[str, Any] = {"max_images": 2000, "strategy": "auto", "strategies": list(STRATEGIES)}
 
 
@@ -238,7 +244,7 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
             description=f"{params[name].description}; null: each strategy's own ({values})",
             **schema,
         )
-    params["freeze_layers"].description = f"{FREEZE_LAYERS} (partial_freeze only)"
+    params["freeze_layers"].description = f"{FREEZE_LAYERS} (partial_freeze only; {MULTI_FREEZE_CHECK[kind]})"
     lp_ft = strategy_params(STRATEGIES["full_finetune"], {"lp_ft": d.get("lp_ft", False)})["lp_ft"]
     lp_ft.description = f"{lp_ft.description} (full_finetune only)"
     params["lp_ft"] = lp_ft

@@ -21,7 +21,8 @@ from airflow_tl.models.architectures import (
 )
 from airflow_tl.models.card import INITS, InputSpec, ModelCard
 from airflow_tl.models.folder import WEIGHTS_FILE, read_card, save_model_folder
-from airflow_tl.pretrained.sources import Source, resolve_source
+from airflow_tl.models.freezing import resolve_freeze_layers
+from airflow_tl.pretrained.sources import Source, resolve_source, source_architecture
 from airflow_tl.redaction import redact
 from airflow_tl.storage.s3 import S3Store
 from airflow_tl.uris import parse_s3_uri
@@ -41,6 +42,9 @@ class FetchSpec:
     image_size: int | None = None
     seed: int = 0
     weights_mirror: str | None = None
+    # Checked against the architecture's blocks before anything is downloaded (None: not checked). Not part of
+    # what is fetched, so not of the fingerprint either: the training task reads the folder with its own value.
+    freeze_layers: int | str | None = None
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -86,6 +90,7 @@ class FetchSpec:
         """
         redacted = {"pretrained_uri": redact(self.pretrained_uri), "weights_mirror": redact(self.weights_mirror)}
         spec = asdict(self) | redacted
+        del spec["freeze_layers"]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -116,6 +121,8 @@ def fetch_pretrained(spec: FetchSpec, *, store: S3Store, output_uri: str) -> Fet
     same spec and output (a retried task) finds its own complete folder and reuses it.
     """
     output = parse_s3_uri(output_uri, what="Output URI")
+    if spec.freeze_layers is not None:
+        _check_freeze_layers(spec, store)
     reused = _completed_earlier(store, output_uri, spec)
     if reused is not None:
         log.info("Model folder %s is already complete from an earlier try; reusing it", output_uri)
@@ -169,6 +176,21 @@ def fetch_pretrained(spec: FetchSpec, *, store: S3Store, output_uri: str) -> Fet
     )
     save_model_folder(store, output, model.state_dict(), card)
     return FetchResult(output_uri, card, False)
+
+
+def _check_freeze_layers(spec: FetchSpec, store: S3Store) -> None:
+    """``freeze_layers`` against the blocks of the architecture the source names, so that a bad count or block name
+    fails in seconds rather than after the weights arrive (training checks it again, against the card).
+
+    The blocks come from a model built on the meta device: module structure only, no memory for weights.
+    """
+    architecture = (
+        source_architecture(spec.pretrained_uri, store=store, architecture=spec.architecture)
+        if spec.pretrained_uri
+        else spec.architecture
+    )
+    if architecture is not None:
+        resolve_freeze_layers(spec.freeze_layers, describe_blocks(architecture), architecture=architecture)
 
 
 def _completed_earlier(store: S3Store, output_uri: str, spec: FetchSpec) -> ModelCard | None:

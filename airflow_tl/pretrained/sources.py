@@ -64,6 +64,22 @@ def resolve_source(
     return _from_hub(uri, architecture, load_weights)
 
 
+def source_architecture(uri: str, *, store: S3Store, architecture: str | None = None) -> str | None:
+    """The architecture a source names, learned without reading its weights: a torchvision URI's, an ``s3://``
+    folder's card, or for a hub URL ``architecture`` or its file name. None when the name is not one: resolve_source
+    then refuses the URL, before downloading it too."""
+    kind = source_kind(uri)
+    if kind == "s3":
+        return read_card(store, parse_s3_uri(uri, what="Pretrained URI")).architecture
+    if kind == "torchvision":
+        name = parse_torchvision_uri(uri).architecture
+    else:
+        name = _hub_architecture(uri, architecture)
+    if name is not None:
+        check_architecture(name)
+    return name
+
+
 def _from_s3(uri: str, store: S3Store, load_weights: bool) -> Source:
     parse_s3_uri(uri, what="Pretrained URI")
     if load_weights:
@@ -108,16 +124,20 @@ def _mirrored(url: str, mirror: str) -> str:
 
 
 def _from_hub(uri: str, architecture: str | None, load_weights: bool) -> Source:
-    hub = parse_hub_url(uri)
-    arch = architecture or (hub.name if hub.name in list_architectures() else None)
+    arch = _hub_architecture(uri, architecture)
     if arch is None:
         raise InvalidArgumentError(
-            f"Cannot tell the architecture of {redact(uri)}: its name {hub.name!r} is not a torchvision "
+            f"Cannot tell the architecture of {redact(uri)}: its name {parse_hub_url(uri).name!r} is not a torchvision "
             "architecture. Pass architecture=<torchvision model name>."
         )
     check_architecture(arch)
     state_dict, sha = _download_hub_file(uri) if load_weights else (None, None)
     return Source(redact(uri), arch, state_dict, None, InputSpec(), sha, {"url": redact(uri)})
+
+
+def _hub_architecture(uri: str, architecture: str | None) -> str | None:
+    name = parse_hub_url(uri).name
+    return architecture or (name if name in list_architectures() else None)
 
 
 def _download_hub_file(url: str) -> tuple[dict[str, torch.Tensor], str]:

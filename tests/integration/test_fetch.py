@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 from airflow_tl.exceptions import (
     IncompatibleWeightsError,
     IntegrityError,
+    InvalidArgumentError,
     InvalidModelCardError,
     InvalidURIError,
     ObjectNotFoundError,
@@ -149,6 +151,38 @@ def _malicious_checkpoint(marker: str) -> bytes:
 
 def _hub_name(data: bytes, name: str = "resnet18") -> str:
     return f"{name}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+
+
+def test_freeze_layers_the_model_lacks_fails_before_any_download(store, bucket, http_server, allow_http):
+    name, data = hub_file(random_state_dict())
+    http_server.files[f"/{name}"] = data
+    mirror = f"{http_server.base_url}/mirror"
+    specs = [
+        FetchSpec(f"{http_server.base_url}/{name}", freeze_layers="layer5"),
+        FetchSpec("torchvision://resnet18/IMAGENET1K_V1", weights_mirror=mirror, freeze_layers=6),
+        FetchSpec("torchvision://resnet18", architecture="resnet18", init="random", freeze_layers="Layer3"),
+    ]
+    for spec in specs:
+        with pytest.raises(InvalidArgumentError) as err:
+            fetch_pretrained(spec, store=store, output_uri=f"s3://{bucket}/out")
+        assert "for resnet18, whose 5 blocks are: stem, layer1, layer2, layer3, layer4." in str(err.value)
+    assert http_server.requests == []
+    assert keys_under(store, f"s3://{bucket}/out") == []
+
+    # A block it has: the same source downloads and the folder is written.
+    fetch_pretrained(replace(specs[0], freeze_layers="layer3"), store=store, output_uri=f"s3://{bucket}/out")
+    assert http_server.requests == [f"/{name}"]
+
+
+def test_freeze_layers_is_checked_on_an_s3_folders_card_alone(store, bucket):
+    publish_model(store, f"s3://{bucket}/zoo/src", arch="squeezenet1_1")
+    store.delete(f"s3://{bucket}/zoo/src/model.safetensors")  # were the weights read, this would say so
+    with pytest.raises(InvalidArgumentError) as err:
+        fetch_pretrained(
+            FetchSpec(f"s3://{bucket}/zoo/src", freeze_layers="layer3"), store=store, output_uri=f"s3://{bucket}/out"
+        )
+    assert "0…4, a block name or 'all' for squeezenet1_1, whose 4 blocks are: stem, fire_group1, " in str(err.value)
+    assert keys_under(store, f"s3://{bucket}/out") == []
 
 
 def test_malicious_pickle_is_refused_and_never_runs(store, bucket, http_server, allow_http, tmp_path):

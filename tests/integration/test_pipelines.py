@@ -40,7 +40,9 @@ def test_each_strategy_dag_lands_a_complete_version(store, bucket, demo, small_t
     # The optimiser's knobs are Params of every strategy DAG (one conf serves all; the fitted head ignores them).
     knobs = {"optimizer": "sgd", "weight_decay": 0.0, "warmup_epochs": 0.5, "layer_decay": 0.7,
              "label_smoothing": 0.05}  # fmt: skip
-    result = run_dag(dag_id, conf(demo, small_target, bucket, strategy) | knobs)
+    # partial_freeze names its last frozen block, as a user may instead of counting blocks.
+    freeze = {"freeze_layers": "layer1"} if strategy == "partial_freeze" else {}
+    result = run_dag(dag_id, conf(demo, small_target, bucket, strategy) | knobs | freeze)
     assert result.state == "success", result.failures
     summary = result.xcoms["evaluate"]
     version = "v1"  # the first version of a fresh registry; the run that made it is its metadata
@@ -56,6 +58,8 @@ def test_each_strategy_dag_lands_a_complete_version(store, bucket, demo, small_t
     )
     if strategy != "feature_extraction":
         assert {k: card.training[k] for k in knobs} == knobs
+    if strategy == "partial_freeze":
+        assert card.training["freeze_layers"] == "layer1" and card.training["frozen_blocks"] == ["stem", "layer1"]
     metrics = registry.read_metrics(version)
     assert metrics["summary"] == summary["metrics"] and metrics["context"]["strategy"] == strategy
     assert metrics["summary"]["n"] == sum(1 for k in keys_under(store, small_target) if "/test/" in k)
@@ -227,6 +231,23 @@ def test_a_retried_evaluation_keeps_its_version_and_promotes_once(store, bucket,
     assert first.metrics.summary() == second.metrics.summary()
     reg = Registry(store, registry, "m")
     assert reg.versions() == ["run-1"] and [e["version"] for e in reg.history()] == ["run-1"]
+
+
+def test_a_block_name_the_model_lacks_fails_the_run_at_its_first_try_before_any_download(
+    store, bucket, demo, small_target, run_dag
+):
+    result = run_dag("tl_test_retrying_partial_freeze", conf(demo, small_target, bucket, "partial_freeze") | {
+        "freeze_layers": "layer5"
+    })  # fmt: skip
+    assert result.state == "failed"
+    assert result.task_states["fetch_pretrained"] == "failed" and result.tries["fetch_pretrained"] == 1  # no retry
+    failure = result.failure("fetch_pretrained")
+    assert failure["type"] == "InvalidArgumentError" and "AirflowFailException" in failure["mro"]
+    assert (
+        "Argument freeze_layers accepts only 0…5, a block name or 'all' for resnet18, whose 5 blocks are: "
+        "stem, layer1, layer2, layer3, layer4. Provided value: 'layer5'." in failure["message"]
+    )
+    assert keys_under(store, f"s3://{bucket}") == []  # nothing fetched, trained or registered
 
 
 def test_a_conf_key_that_is_not_a_param_fails_the_run_at_once_naming_it(store, bucket, demo, small_target, run_dag):

@@ -133,3 +133,28 @@ def test_the_optimisers_knobs_are_typed_params_with_trainconfigs_defaults_and_ra
     assert ("not used" in params["optimizer"].description) == (strategy == "feature_extraction")
     # Every task of the DAG refuses a conf key that is not one of its Params.
     assert all(sorted(task.allowed_conf) == sorted(dag.params) for task in dag.tasks if hasattr(task, "allowed_conf"))
+
+
+def test_the_fetch_task_checks_freeze_layers_where_a_param_sets_it():
+    from airflow_tl.pipelines.multi import AUTO_FREEZE_LAYERS, build_auto_dag, build_tournament_dag
+
+    for name in STRATEGIES:
+        fetch = build_dag(name, dag_id=f"tl_f_{name}").get_task("fetch_pretrained")
+        # The strategies' own values ("all", 0) fit every model; only partial_freeze's Param can be wrong.
+        assert fetch.freeze_layers == ("{{ params.freeze_layers }}" if name == "partial_freeze" else None)
+        assert "freeze_layers" in fetch.template_fields
+    assert build_auto_dag("tl_a").get_task("fetch_pretrained").freeze_layers == AUTO_FREEZE_LAYERS
+    # A tournament lets the partial_freeze contender fail alone (tests/integration/test_choosing.py).
+    assert build_tournament_dag("tl_t").get_task("fetch_pretrained").freeze_layers is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "checked"), [("auto", 4), ("partial_freeze", 4), ("feature_extraction", None), ("from_scratch", None)]
+)
+def test_tl_auto_checks_freeze_layers_only_when_partial_freeze_may_run(strategy, checked):
+    from jinja2.nativetypes import NativeEnvironment  # what render_template_as_native_obj renders with
+
+    from airflow_tl.pipelines.multi import AUTO_FREEZE_LAYERS
+
+    params = {"freeze_layers": 4, "strategy": strategy}
+    assert NativeEnvironment().from_string(AUTO_FREEZE_LAYERS).render(params=params) == checked

@@ -125,7 +125,13 @@ CHANGES = {
 
 
 def test_changes_cover_every_field() -> None:
-    assert set(CHANGES) == {f.name for f in fields(FetchSpec)}
+    # freeze_layers is checked, not fetched: the same folder serves every value of it.
+    assert set(CHANGES) == {f.name for f in fields(FetchSpec)} - {"freeze_layers"}
+
+
+@pytest.mark.parametrize("value", [None, 0, 3, "layer3", "all"])
+def test_fingerprint_ignores_freeze_layers(value: Any) -> None:
+    assert replace(BASE, freeze_layers=value).fingerprint() == BASE.fingerprint()
 
 
 def test_fingerprint_is_stable() -> None:
