@@ -30,6 +30,7 @@ def get_provider_info() -> dict:
                     "airflow_tl.operators.tournament",
                     "airflow_tl.operators.wait",
                     "airflow_tl.operators.shards",
+                    "airflow_tl.operators.predict",
                 ],
             }
         ],

@@ -10,12 +10,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
-HEAVY = ("torch", "torchvision", "sklearn", "boto3", "botocore", "matplotlib")
+HEAVY = ("torch", "torchvision", "sklearn", "boto3", "botocore", "matplotlib", "pyarrow")
 STRATEGY_DAGS = ["tl_feature_extraction", "tl_from_scratch", "tl_full_finetune", "tl_partial_freeze"]
 MULTI_DAGS = ["tl_auto", "tl_tournament"]
 DATA_DAGS = ["tl_land_images", "tl_prepare_shards", "tl_retrain_on_data"]  # tl_land_images: in tl_retrain_on_data.py
 SCALE_DAGS = ["tl_full_finetune_multinode"]
-DAG_IDS = sorted(["tl_fetch_pretrained", *STRATEGY_DAGS, *MULTI_DAGS, *DATA_DAGS, *SCALE_DAGS])
+DAG_IDS = sorted(["tl_fetch_pretrained", "tl_predict", *STRATEGY_DAGS, *MULTI_DAGS, *DATA_DAGS, *SCALE_DAGS])
 DAG_FILE_NAMES = sorted(f"{dag_id}.py" for dag_id in DAG_IDS if dag_id != "tl_land_images")
 
 _PROBE = """
@@ -136,3 +136,34 @@ def test_ruff_bans_torch_at_module_level_where_airflow_parses(path):
     command = [str(ruff), "check", "--output-format", "concise", "--stdin-filename", path, "-"]
     done = subprocess.run(command, input=source, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "`torch` is banned at the module level" in done.stdout
+
+
+def test_tl_predict_runs_when_the_champion_or_the_images_change_and_takes_its_locations_from_the_environment():
+    env = {
+        "AIRFLOW_TL_PREDICT_DATASET": "s3://photos/inbox",
+        "AIRFLOW_TL_PREDICT_REGISTRY": "s3://models/registry",
+        "AIRFLOW_TL_PREDICT_MODEL": "flowers",
+        "AIRFLOW_TL_PREDICT_OUTPUT": "s3://photos/predictions",
+    }
+    probe = """
+import importlib.util, json
+spec = importlib.util.spec_from_file_location("tl_predict", "dags/tl_predict.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+dag = module.dag
+condition = dag.timetable.asset_condition
+print(json.dumps({"kind": type(condition).__name__, "assets": sorted(a.uri for a in condition.objects),
+                  "params": {k: dag.params[k] for k in ("dataset_uri", "registry_uri", "model_name", "output_uri")},
+                  "max_active_runs": dag.max_active_runs, "tasks": [t.task_id for t in dag.tasks]}))
+"""
+    import json
+    import os
+
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=os.environ | env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["kind"] == "AssetAny"
+    assert found["assets"] == ["x-airflow-tl-data://photos/inbox", "x-airflow-tl://models/registry/flowers"]
+    assert found["params"] == {"dataset_uri": "s3://photos/inbox", "registry_uri": "s3://models/registry",
+                               "model_name": "flowers", "output_uri": "s3://photos/predictions"}  # fmt: skip
+    assert found["max_active_runs"] == 1 and found["tasks"] == ["predict"]

@@ -17,7 +17,7 @@ import itertools
 import logging
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -80,6 +80,7 @@ class ImageStream:
         skip_corrupt: bool = False,
         cache_bytes: int = 0,
         shuffle_buffer: int = 1000,
+        on_corrupt: Callable[[ImageItem, str], None] | None = None,
     ) -> None:
         self.store = store
         self.dataset = dataset
@@ -92,6 +93,9 @@ class ImageStream:
         self._cache: dict[str, bytes] = {}
         self._cached = 0
         self.skipped: set[str] = set()  # corrupt keys skipped so far, over all passes
+        # Told of each image that cannot be decoded (item, reason) as the pass meets it, so a caller writing as
+        # it goes (tl_predict's rejects) need not wait for the end of the pass; raising from it stops the pass.
+        self.on_corrupt = on_corrupt
         # Read once, here: every thread of every pass applies the same limit.
         self.max_pixels = settings.get_int("max_image_pixels")
 
@@ -227,6 +231,8 @@ class ImageStream:
                 if tensor is None:
                     stats.corrupt.append(item.key)
                     stats.reasons[item.key] = reason
+                    if self.on_corrupt is not None:
+                        self.on_corrupt(item, reason)
                 else:
                     stats.images += 1
                 yield item, tensor

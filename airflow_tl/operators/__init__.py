@@ -5,6 +5,7 @@ from airflow_tl.operators.choose import ChooseStrategyOperator
 from airflow_tl.operators.evaluate import EvaluateOperator
 from airflow_tl.operators.extract import ExtractFeaturesOperator
 from airflow_tl.operators.fetch import FetchPretrainedOperator
+from airflow_tl.operators.predict import PredictOperator
 from airflow_tl.operators.shards import PrepareShardsOperator
 from airflow_tl.operators.train import FreezeAndTrainOperator
 from airflow_tl.operators.wait import WaitForImagesOperator
@@ -16,6 +17,7 @@ __all__ = [
     "ExtractFeaturesOperator",
     "FetchPretrainedOperator",
     "FreezeAndTrainOperator",
+    "PredictOperator",
     "PrepareShardsOperator",
     "WaitForImagesOperator",
 ]

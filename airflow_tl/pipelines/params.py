@@ -211,7 +211,7 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
             "reason is recorded), 'promote' the candidate, or 'fail' the run",
         ),
     }
-    return _known(params, defaults, strategy.name)
+    return known_params(params, defaults, strategy.name)
 
 
 # Params whose default differs by strategy: in a DAG that runs several strategies, null means each one's own.
@@ -271,7 +271,7 @@ def multi_strategy_params(kind: str, defaults: dict[str, Any] | None = None) -> 
             uniqueItems=True,
             description=f"strategies that compete, side by side: any of {', '.join(names)}",
         )
-    return _known(params, defaults, f"tl_{kind}")
+    return known_params(params, defaults, f"tl_{kind}")
 
 
 def _optimiser_params(d: dict[str, Any]) -> dict[str, Param]:
@@ -312,7 +312,7 @@ def _optimiser_params(d: dict[str, Any]) -> dict[str, Param]:
     }
 
 
-def _known(params: dict[str, Param], defaults: dict[str, Any] | None, dag: str) -> dict[str, Param]:
+def known_params(params: dict[str, Param], defaults: dict[str, Any] | None, dag: str) -> dict[str, Param]:
     """``params``, or an error naming every default in ``defaults`` that is not one of them."""
     unknown = sorted(set(defaults or {}) - set(params))
     if unknown:

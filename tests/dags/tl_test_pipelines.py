@@ -1,7 +1,7 @@
 """The strategy DAGs as the factory builds them, without retries and with failures recorded; the same with the
 factory's retries (seconds apart) to show which errors are not retried; an evaluate-only DAG for registry cases;
 a pipeline whose dataset changes between training and evaluation; and the feature-extraction pipeline as a
-TaskGroup inside a DAG of a user's own."""
+TaskGroup inside a DAG of a user's own; tl_predict with retries."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_tl.operators import EvaluateOperator, FetchPretrainedOperator, FreezeAndTrainOperator
 from airflow_tl.pipelines import STRATEGIES, build_dag, build_task_group
+from airflow_tl.pipelines.predict import build_predict_dag
 from tests.dag_callbacks import record_failure
 
 NO_RETRIES = {"retries": 0, "on_failure_callback": record_failure}
@@ -123,3 +124,6 @@ with DAG(dag_id="tl_test_group", schedule=None, default_args=NO_RETRIES, params=
             "epochs": 2,
         },
     )
+
+# tl_predict with the factory's retries, seconds apart: an interrupted try is finished by the next.
+dag_predict = build_predict_dag(dag_id="tl_test_predict", schedule=None, default_args=RETRIES)
