@@ -241,6 +241,8 @@ def _source_head(card: ModelCard, folder, model_uri: str, dim: int):
         return None, f"{card.architecture}'s head is {list(prefixes)}, not a single linear layer on the features"
     weights, _ = folder()
     weight, bias = weights.get(f"{prefixes[0]}.weight"), weights.get(f"{prefixes[0]}.bias")
+    if weight is not None and weight.ndim == 4 and weight.shape[2:] == (1, 1):
+        weight = weight.flatten(1)  # SqueezeNet's 1x1 convolution: a linear head over the pooled features
     if weight is None or bias is None or weight.ndim != 2 or weight.shape[1] != dim:
         return None, f"{model_uri}'s head {prefixes[0]} is not a linear layer over the {dim} features"
     return (weight.double(), bias.double()), None

@@ -47,22 +47,48 @@ def check_architecture(name: str) -> None:
 
 
 def build_model(name: str, num_classes: int, *, device: str | torch.device = "cpu") -> nn.Module:
-    """A randomly initialised torchvision model with a head for ``num_classes`` classes."""
+    """A randomly initialised torchvision model with a head for ``num_classes`` classes.
+
+    SqueezeNet is built without the ReLU torchvision puts between its 1x1 convolution head and the average
+    pooling (``_linear_logits``); every other model is torchvision's as it is.
+    """
     check_architecture(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init-scheme notices
         with torch.device(device):
-            return torchvision.models.get_model(
+            model = torchvision.models.get_model(
                 name, weights=None, num_classes=num_classes, **_EXTRA_KWARGS.get(name, {})
             )
+    if name.startswith("squeezenet"):
+        _linear_logits(model)
+    return model
+
+
+def _linear_logits(squeezenet: nn.Module) -> None:
+    """Replace the ReLU after SqueezeNet's head by an identity, so the logits are an affine map of the average-pooled
+    512-d features, as every other family's are.
+
+    With the ReLU, a logit is the mean over positions of the clipped per-position scores: no logit is ever
+    negative, a negative score gets no gradient, and a linear head fitted on the pooled features (feature
+    extraction, LP-FT) cannot be written into the network. The ReLU holds no state, so torchvision's weights load
+    unchanged; its ImageNet head then ranks classes by their mean unclipped score (docs/architectures.md).
+    """
+    relu = squeezenet.classifier[2]
+    if not isinstance(relu, nn.ReLU):
+        raise TypeError(f"Expected SqueezeNet's classifier[2] to be a ReLU, found {type(relu).__name__}")
+    squeezenet.classifier[2] = nn.Identity()
+
+
+def skeleton(name: str, num_classes: int) -> nn.Module:
+    """The model's structure without memory for its weights (the meta device), for shapes, blocks and counts."""
+    try:
+        return build_model(name, num_classes, device="meta")
+    except NotImplementedError:  # a few (regnet) read tensor values while building; build them for real
+        return build_model(name, num_classes)
 
 
 def _shapes(name: str, num_classes: int) -> dict[str, torch.Size]:
-    try:
-        model = build_model(name, num_classes, device="meta")
-    except NotImplementedError:  # a few (regnet) read tensor values while building; build them for real
-        model = build_model(name, num_classes)
-    return {k: v.shape for k, v in model.state_dict().items()}
+    return {k: v.shape for k, v in skeleton(name, num_classes).state_dict().items()}
 
 
 @lru_cache(maxsize=64)
@@ -108,11 +134,7 @@ def _under(name: str, prefixes: set[str] | list[str] | tuple[str, ...]) -> bool:
 def describe_blocks(name: str, model: nn.Module | None = None) -> list[Block]:
     """The ordered blocks of an architecture: its family's stages (models/blocks.py), else its top-level children."""
     check_architecture(name)
-    if model is None:
-        try:
-            model = build_model(name, 3, device="meta")
-        except NotImplementedError:
-            model = build_model(name, 3)
+    model = skeleton(name, 3) if model is None else model
     head = set(head_prefixes(name))
     blocks_of = family_blocks(name) or _generic_blocks
     return blocks_of(model, head)

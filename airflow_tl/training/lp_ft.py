@@ -17,6 +17,7 @@ from torch import nn
 
 from airflow_tl.data.loader import ImageStream
 from airflow_tl.devices import Placement, cpu
+from airflow_tl.features.backbone import head_features, head_module
 from airflow_tl.training.head import fit_linear_head
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def linear_probe_head(
     model: nn.Module,
-    head: str,
+    architecture: str,
     stream: ImageStream,
     *,
     num_classes: int,
@@ -32,22 +33,21 @@ def linear_probe_head(
     class_names: list[str],
     place: Placement | None = None,
 ) -> dict[str, Any]:
-    """Fit ``model``'s linear ``head`` (a module name) on the frozen features of the train split, in place.
+    """Fit the head of ``model`` (an ``architecture``) on the frozen features of the train split, in place.
 
-    The features are what the head sees, taken by a forward hook during one pass over the train and validation
-    splits in eval mode, without augmentation. Returns what the card records about the probe.
+    The features are what the head sees (``features.backbone``: pooled, for SqueezeNet's convolution head), taken by
+    a forward hook during one pass over the train and validation splits in eval mode, without augmentation. Returns
+    what the card records about the probe.
     """
     started = time.monotonic()
-    module = model.get_submodule(head)
-    if not isinstance(module, nn.Linear):
-        from airflow_tl.exceptions import InvalidArgumentError
-
-        raise InvalidArgumentError(
-            f"lp_ft needs a single linear head to probe; this model's head {head!r} is a {type(module).__name__}."
-        )
+    module = head_module(model, architecture)
     place = place or cpu()
     captured: list[torch.Tensor] = []
-    hook = module.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().float().cpu()))
+
+    def capture(_module, args, _output) -> None:
+        captured.append(head_features(module, args[0].detach()).float().cpu())
+
+    hook = module.register_forward_hook(capture)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     model.eval()
     try:
@@ -67,7 +67,7 @@ def linear_probe_head(
         features["train"], features["val"], num_classes=num_classes, seed=seed, class_names=class_names
     )
     with torch.no_grad():
-        module.weight.copy_(fit.weight.to(module.weight.dtype))
+        module.weight.copy_(fit.weight.reshape(module.weight.shape).to(module.weight.dtype))
         module.bias.copy_(fit.bias.to(module.bias.dtype))
     record = {
         "l2": fit.l2,

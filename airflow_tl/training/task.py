@@ -24,8 +24,9 @@ from airflow_tl.data.loader import ImageStream
 from airflow_tl.data.manifest import MANIFEST_FILE, read_manifest
 from airflow_tl.devices import Placement, cpu, placement, placement_for
 from airflow_tl.exceptions import IncompatibleWeightsError, InvalidArgumentError
+from airflow_tl.features.backbone import head_state
 from airflow_tl.features.extract import load_split, read_features_index
-from airflow_tl.models.architectures import build_model, load_weights
+from airflow_tl.models.architectures import build_model, load_weights, skeleton
 from airflow_tl.models.card import ModelCard
 from airflow_tl.models.folder import load_model_folder, read_card, save_model_folder
 from airflow_tl.models.freezing import freeze_first, resolve_freeze_layers, without_autograd
@@ -277,9 +278,8 @@ def _train_head_on_features(store, model_uri, features_uri, config, output_uri) 
     weights, current = load_model_folder(store, model_uri)
     if current.weights_sha256 != card.weights_sha256:
         raise IncompatibleWeightsError(f"{model_uri} changed while training: its weights no longer match its card.")
-    (prefix,) = card.head
-    weights |= {f"{prefix}.weight": head.weight, f"{prefix}.bias": head.bias}
-    total = _count(build_model(card.architecture, len(classes), device="meta"))[1]
+    weights |= head_state(card.architecture, head.weight, head.bias)  # SqueezeNet's: a 1x1 convolution
+    total = _count(skeleton(card.architecture, len(classes)))[1]
     trainable = head.weight.numel() + head.bias.numel()
     lineage = {
         "features_uri": features_uri,
@@ -314,13 +314,8 @@ def _linear_probe_first(model, card, config, stream, classes, new_head, place: P
     if not new_head:
         log.info("lp_ft: the model keeps its trained head (same classes), so there is no new head to probe first")
         return None
-    if len(card.head) != 1:
-        raise InvalidArgumentError(
-            f"lp_ft needs a single linear head to probe; {card.architecture}'s head is {card.head}. Train without it."
-        )
-    (head,) = card.head
     return linear_probe_head(
-        model, head, stream, num_classes=len(classes), seed=config.seed, class_names=classes, place=place
+        model, card.architecture, stream, num_classes=len(classes), seed=config.seed, class_names=classes, place=place
     )
 
 

@@ -28,7 +28,7 @@ def test_the_probe_alone_already_classifies_the_target_and_leaves_the_backbone_u
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     dataset = list_dataset(store, few_shot)
     stream = ImageStream(store, dataset, card.input, batch_size=32)
-    record = linear_probe_head(model, "fc", stream, num_classes=5, seed=0, class_names=dataset.class_names)
+    record = linear_probe_head(model, card.architecture, stream, num_classes=5, seed=0, class_names=dataset.class_names)
     assert record["val_accuracy"] > 0.6 and record["converged"]  # chance is 0.2
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())

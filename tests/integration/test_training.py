@@ -7,8 +7,10 @@ import torch
 
 from airflow_tl.data.dataset import DatasetError, list_dataset
 from airflow_tl.data.loader import CorruptImagesError
+from airflow_tl.evaluation.predict import predict
 from airflow_tl.exceptions import IncompatibleWeightsError
-from airflow_tl.features.extract import extract_features
+from airflow_tl.features.extract import extract_features, load_split, read_features_index
+from airflow_tl.models.architectures import build_model
 from airflow_tl.models.folder import load_model_folder
 from airflow_tl.training.config import TrainConfig
 from airflow_tl.training.task import train
@@ -115,6 +117,31 @@ def test_a_head_on_features_is_fitted_to_convergence_whatever_the_epochs(store, 
     assert summary["method"] == "lbfgs" and summary["l2"] == training["l2"]
     assert summary["iterations"] == training["iterations"] and summary["val_accuracy"] == card.metrics["val_accuracy"]
     assert keys_under(store, f"s3://{bucket}/ck-short") == []  # a fit of seconds writes no checkpoints
+
+
+@pytest.mark.parametrize("architecture", ["squeezenet1_1", "regnet_y_400mf"])
+def test_the_saved_model_computes_the_head_fitted_on_its_features(store, bucket, few_shot, architecture):
+    """SqueezeNet's head is a 1x1 convolution, RegNet cannot be built on the meta device: feature extraction,
+    the head's fit, the model folder and evaluation's predictions all agree on them too."""
+    source = f"s3://{bucket}/zoo/{architecture}"
+    publish_model(store, source, arch=architecture)  # random weights, 32 px
+    dataset = list_dataset(store, few_shot)
+    features = extract_features(store, model_uri=source, dataset=dataset, features_root=f"s3://{bucket}/f")
+    output = f"s3://{bucket}/{architecture}"
+    result = train(
+        store,
+        model_uri=source,
+        config=TrainConfig(freeze_layers="all"),
+        output_uri=output,
+        checkpoint_uri=None,
+        features_uri=features.uri,
+    )
+    x, _ = load_split(store, features.uri, read_features_index(store, features.uri), "test")
+    expected = torch.softmax(x.double() @ result.head.weight.double().T + result.head.bias.double(), dim=1)
+    predictions = predict(store, output, dataset)  # the folder as evaluation runs it
+    assert predictions.keys == [item.key for item in dataset.split("test")]  # the features' row order
+    torch.testing.assert_close(predictions.probs.double(), expected, rtol=1e-4, atol=1e-5)
+    assert result.total_params == sum(p.numel() for p in build_model(architecture, 5).parameters())
 
 
 def test_head_training_rejects_features_of_another_model(store, bucket, demo, few_shot):
