@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +32,10 @@ from airflow_tl.uris import parse_hub_url, parse_s3_uri, parse_torchvision_uri, 
 log = logging.getLogger(__name__)
 
 TORCHVISION_BASE_URL = "https://download.pytorch.org/models/"
+# torchvision builds these with transform_input=True for their ImageNet weights (ported from TensorFlow, trained on
+# inputs in [-1, 1]), turning input normalised by the weights' preset into (x - 0.5) / 0.5. We build them as for any
+# other weights, without it, so the card normalises that way itself: the same numbers reach the first convolution.
+TF_NORMALISED = ("googlenet", "inception_v3")
 
 
 @dataclass
@@ -111,6 +115,8 @@ def _from_torchvision(uri: str, load_weights: bool, weights_mirror: str | None) 
         std=list(preset.std),
         interpolation=preset.interpolation.value,
     )
+    if parsed.architecture in TF_NORMALISED:
+        spec = replace(spec, mean=[0.5] * 3, std=[0.5] * 3)
     url = _mirrored(weights.url, weights_mirror) if weights_mirror else weights.url
     state_dict, sha = _download_hub_file(url) if load_weights else (None, None)
     lineage = {"torchvision_weights": f"{parsed.architecture}.{weights.name}", "url": redact(url)}

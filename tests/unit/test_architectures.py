@@ -112,6 +112,7 @@ def test_build_model_sets_the_class_count() -> None:
 def test_build_model_drops_aux_classifiers() -> None:
     model = build_model("googlenet", 3, device="meta")
     assert model.aux1 is None and model.aux2 is None
+    assert build_model("inception_v3", 3, device="meta").AuxLogits is None
 
 
 # --- blocks -----------------------------------------------------------------------------------------------------
@@ -369,16 +370,17 @@ def test_keys_of_modules_the_model_lacks_are_dropped(
     assert "Dropped 2 keys" in caplog.text and "aux1.conv.weight" in caplog.text
 
 
-def test_googlenet_aux_classifier_keys_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("name", "aux"), [("googlenet", ("aux1.", "aux2.")), ("inception_v3", ("AuxLogits.",))])
+def test_aux_classifier_keys_are_dropped(name: str, aux: tuple[str, ...], caplog: pytest.LogCaptureFixture) -> None:
     with torch.device("meta"):
-        with_aux = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False, num_classes=3)
+        with_aux = torchvision.models.get_model(name, weights=None, aux_logits=True, init_weights=False, num_classes=3)
     source = with_aux.state_dict()
-    aux_keys = [k for k in source if k.startswith(("aux1.", "aux2."))]
+    aux_keys = [k for k in source if k.startswith(aux)]
     assert aux_keys
-    model = build_model("googlenet", 3, device="meta")
+    model = build_model(name, 3, device="meta")
     with caplog.at_level(logging.INFO, logger="airflow_tl.models.architectures"):
-        load_weights(model, "googlenet", source, source="torchvision://googlenet/IMAGENET1K_V1")
-    assert f"Dropped {len(aux_keys)} keys from torchvision://googlenet/IMAGENET1K_V1" in caplog.text
+        load_weights(model, name, source, source=f"torchvision://{name}/IMAGENET1K_V1")
+    assert f"Dropped {len(aux_keys)} keys from torchvision://{name}/IMAGENET1K_V1" in caplog.text
     assert model.state_dict().keys() == {k: v for k, v in source.items() if k not in aux_keys}.keys()
 
 
