@@ -20,7 +20,9 @@ Commands and their config keys (the keyword arguments of the function each runs;
 - ``assess``: ``assess.task.assess``'s arguments;
 - ``evaluate``: ``evaluation.task.evaluate_and_register``'s arguments and ``Gate``'s fields (``gate_metric``
   for its metric); ``version``, or a ``context`` with the DAG run's ``dag_id`` and ``run_id`` to take the
-  run's next ``v<n>`` as the operator does.
+  run's next ``v<n>`` as the operator does;
+- ``predict``: ``predict.task.PredictSpec``'s fields (``dataset_uri``, ``registry_uri``, ``model_name``,
+  ``output_uri``, ``version``, ...) and a ``run`` recorded in the parts' metadata.
 
 S3 is reached through the Airflow connection ``--aws-conn-id`` (``aws_default``), which a container sets in
 ``AIRFLOW_CONN_AWS_DEFAULT``: no Airflow database is needed. The last line on stdout is the task's summary
@@ -127,6 +129,15 @@ def _evaluate(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[st
     return evaluate_and_register(store, gate=gate, **kwargs).summary()
 
 
+def _predict(store, config: dict[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
+    from airflow_tl.predict.task import PredictSpec, predict_images
+
+    fields = {f.name for f in dataclasses.fields(PredictSpec)}
+    _check(config, fields | {"run"}, "predict", required={"dataset_uri", "registry_uri", "model_name", "output_uri"})
+    spec = PredictSpec(**{k: v for k, v in config.items() if k in fields})
+    return predict_images(store, spec, run=config.get("run")).summary()
+
+
 COMMANDS: dict[str, Callable[[Any, dict[str, Any], str | None], dict[str, Any]]] = {
     "fetch": _fetch,
     "shards": _shards,
@@ -134,6 +145,7 @@ COMMANDS: dict[str, Callable[[Any, dict[str, Any], str | None], dict[str, Any]]]
     "train": _train,
     "assess": _assess,
     "evaluate": _evaluate,
+    "predict": _predict,
 }
 
 

@@ -1,4 +1,4 @@
-"""The docs stay true to the code: each strategy page's Params table is the one the DAG's Params render to."""
+"""The docs stay true to the code: each DAG's page holds the Params table its Params render to."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from airflow_tl.pipelines.docs import MULTI, page_path, params_table, render
-from airflow_tl.pipelines.strategies import STRATEGIES
+from airflow_tl.pipelines.docs import PAGES, page_path, params_table, render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@pytest.mark.parametrize("strategy", [*STRATEGIES, *MULTI])
+@pytest.mark.parametrize("strategy", PAGES)
 def test_each_dags_page_lists_its_params(strategy):
     path = page_path(DOCS, strategy)
     page = path.read_text()

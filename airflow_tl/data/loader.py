@@ -36,6 +36,9 @@ from airflow_tl.storage.s3 import S3Store
 log = logging.getLogger(__name__)
 
 
+_GONE = "deleted after the listing"  # the reason of an image skipped by skip_missing, told apart by identity
+
+
 class CorruptImagesError(DatasetError):
     """Images that cannot be decoded; the message lists their keys and why."""
 
@@ -81,6 +84,7 @@ class ImageStream:
         cache_bytes: int = 0,
         shuffle_buffer: int = 1000,
         on_corrupt: Callable[[ImageItem, str], None] | None = None,
+        skip_missing: bool = False,
     ) -> None:
         self.store = store
         self.dataset = dataset
@@ -96,6 +100,10 @@ class ImageStream:
         # Told of each image that cannot be decoded (item, reason) as the pass meets it, so a caller writing as
         # it goes (tl_predict's rejects) need not wait for the end of the pass; raising from it stops the pass.
         self.on_corrupt = on_corrupt
+        # An image deleted after the listing: an error (DatasetChangedError) for training and evaluation, which
+        # must see the listing they recorded; skipped with a warning where there is nothing to score (tl_predict).
+        self.skip_missing = skip_missing
+        self.missing: list[str] = []
         # Read once, here: every thread of every pass applies the same limit.
         self.max_pixels = settings.get_int("max_image_pixels")
 
@@ -228,7 +236,10 @@ class ImageStream:
                 refill()
                 tensor, size, reason = future.result()
                 stats.bytes_read += size
-                if tensor is None:
+                if reason is _GONE:
+                    self.missing.append(item.key)
+                    log.warning("Skipped s3://%s/%s: deleted after the listing", self.dataset.bucket, item.key)
+                elif tensor is None:
                     stats.corrupt.append(item.key)
                     stats.reasons[item.key] = reason
                     if self.on_corrupt is not None:
@@ -286,7 +297,12 @@ class ImageStream:
         """
         data = data if data is not None else self._cache.get(item.key)
         if data is None:
-            data = self._get(item)
+            try:
+                data = self._get(item)
+            except DatasetChangedError:
+                if self.skip_missing:
+                    return None, 0, _GONE
+                raise
             if self._cached + len(data) <= self.cache_bytes:
                 self._cache[item.key] = data
                 self._cached += len(data)

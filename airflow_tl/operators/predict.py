@@ -21,8 +21,8 @@ class PredictOperator(TransferLearningBaseOperator):
     are skipped, so a re-run scores only new or replaced images, a new champion rescans the whole prefix, and a
     retried task finishes what the failed try began without duplicate or missing rows. With ``skip_corrupt`` an
     image that cannot be decoded is listed in ``_rejects/`` with the reason instead of failing the task
-    (docs/predict.md). XCom: the version used, counts (images, already scored, scored, rejected, parts) and
-    images/s.
+    (docs/predict.md). XCom: the version used, counts (images, already scored, scored, rejected, gone: deleted
+    after the listing, parts) and images/s.
 
     :param dataset_uri: ``s3://`` prefix whose images (any depth) are scored, or a sharded dataset's
         ``<dataset>/shards``. (templated)

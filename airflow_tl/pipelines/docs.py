@@ -1,7 +1,8 @@
 """The Params tables of the docs, rendered from the Params themselves so the docs cannot drift.
 
 Each strategy's page (docs/strategies/<strategy>.md) has its table under "## Params"; docs/choosing.md has
-tl_auto's and tl_tournament's under "## Params of tl_auto" and "## Params of tl_tournament".
+tl_auto's and tl_tournament's under "## Params of tl_auto" and "## Params of tl_tournament"; docs/predict.md has
+tl_predict's under "## Params".
 ``python -m airflow_tl.pipelines.docs [docs folder]`` rewrites them; tests/test_docs.py fails when one is out
 of date.
 """
@@ -15,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from airflow_tl.pipelines.params import multi_strategy_params, strategy_params
+from airflow_tl.pipelines.predict import predict_params
 from airflow_tl.pipelines.strategies import STRATEGIES
 
 HEADER = "| Param | type | default | what it does |\n|---|---|---|---|\n"
 _PATHS = re.compile(r"(?<!\S)([('\"]?)(\S*?<\S*>\S*?)([,;)'\"]{0,2})(?=\s|$)")
 MULTI = ("auto", "tournament")  # tl_auto and tl_tournament, documented in docs/choosing.md
+PREDICT = "predict"  # tl_predict, documented in docs/predict.md
+PAGES = (*STRATEGIES, *MULTI, PREDICT)  # every DAG whose Params the docs list
 
 
 def _table(heading: str) -> re.Pattern[str]:
@@ -27,8 +31,14 @@ def _table(heading: str) -> re.Pattern[str]:
 
 
 def params_table(strategy: str) -> str:
-    """The Params table of a strategy's DAG, or of ``tl_auto``/``tl_tournament`` for ``"auto"``/``"tournament"``."""
-    params = multi_strategy_params(strategy) if strategy in MULTI else strategy_params(STRATEGIES[strategy])
+    """The Params table of a strategy's DAG, of ``tl_auto``/``tl_tournament`` for ``"auto"``/``"tournament"``, or of
+    ``tl_predict`` for ``"predict"``."""
+    if strategy == PREDICT:
+        params = predict_params()
+    elif strategy in MULTI:
+        params = multi_strategy_params(strategy)
+    else:
+        params = strategy_params(STRATEGIES[strategy])
     rows = []
     for name, param in params.items():
         schema = param.schema
@@ -64,6 +74,8 @@ def heading(strategy: str) -> str:
 
 
 def page_path(folder: Path, strategy: str) -> Path:
+    if strategy == PREDICT:
+        return folder / "predict.md"
     return folder / "choosing.md" if strategy in MULTI else folder / "strategies" / f"{strategy}.md"
 
 
@@ -76,7 +88,7 @@ def render(page: str, strategy: str) -> str:
 
 
 def main(folder: str = "docs") -> int:
-    for strategy in (*STRATEGIES, *MULTI):
+    for strategy in PAGES:
         path = page_path(Path(folder), strategy)
         path.write_text(render(path.read_text(), strategy))
         print(f"updated {path} ({strategy})")

@@ -96,6 +96,7 @@ class PredictResult:
     scored: int = 0
     rejected: int = 0
     parts: int = 0
+    gone: int = 0  # listed, then deleted before they were read: not scored, not rejected
     seconds: float = 0.0
     part_uris: list[str] = field(default_factory=list)
 
@@ -111,6 +112,7 @@ class PredictResult:
             "already_scored": self.already_scored,
             "scored": self.scored,
             "rejected": self.rejected,
+            "gone": self.gone,
             "parts_written": self.parts,
             "images_per_s": rate,
         }
@@ -189,6 +191,7 @@ def predict_images(
         writer.flush()  # what was scored before a permanent failure is kept: a later run skips it
         raise
     writer.flush()
+    result.gone = len(stream.missing)
     result.seconds = time.monotonic() - started
     log.info(
         "Scored %d images with %s version %s in %.1f s (%.1f images/s): %d parts%s under %s",
@@ -213,7 +216,7 @@ def _stream(store: S3Store, dataset, spec_input, spec: PredictSpec, writer: _Par
     # The stream's own skip_corrupt is on: the callback above applies the policy, image by image.
     return ImageStream(
         store, dataset, spec_input, batch_size=spec.batch_size, threads=spec.threads, skip_corrupt=True,
-        on_corrupt=corrupt,
+        on_corrupt=corrupt, skip_missing=True,
     )  # fmt: skip
 
 

@@ -80,3 +80,34 @@ def test_shards_from_the_command_line_and_a_sharded_dataset_that_is_not_there(st
               "features_root": f"s3://{bucket}/f", "device": "cpu"}  # fmt: skip
     done = _cli("extract", config, tmp_path)
     assert done.returncode == 2 and f"ShardError: s3://{bucket}/elsewhere/shards has no index.json" in done.stderr
+
+
+def test_predict_from_the_command_line_scores_a_sharded_dataset_and_refuses_a_registry_without_champion(
+    store, bucket, small_target, tmp_path
+):
+    from airflow_tl.data.dataset import list_dataset
+    from airflow_tl.predict.parts import read_part
+    from airflow_tl.registry.store import Registry
+    from tests.helpers import copy_dataset, publish_model
+
+    data = f"s3://{bucket}/digits"
+    copy_dataset(store, small_target, data, per_class_train=4)
+    assert _cli("shards", {"dataset_uri": data, "shard_images": 40}, tmp_path).returncode == 0
+    config = {"dataset_uri": f"{data}/shards", "registry_uri": f"s3://{bucket}/registry", "model_name": "digits",
+              "output_uri": f"s3://{bucket}/predictions", "device": "cpu"}  # fmt: skip
+    done = _cli("predict", config, tmp_path)
+    assert done.returncode == 2
+    assert f"NoChampionError: Registry s3://{bucket}/registry/digits has no champion" in done.stderr
+
+    registry = Registry(store, config["registry_uri"], "digits")
+    publish_model(store, f"s3://{bucket}/model", classes=["5", "6", "7", "8", "9"])
+    registry.write_version("v1", model_uri=f"s3://{bucket}/model", metrics={}, report_html=b"", plots={})
+    assert registry.replace_champion({"version": "v1"}, etag=None)
+    done = _cli("predict", config, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(done)
+    images = list_dataset(store, data, for_training=False).items
+    assert (summary["version"], summary["scored"]) == ("v1", len(images))
+    parts = [o.uri for o in store.list(f"s3://{bucket}/predictions/version=v1")]
+    keys = [key for uri in parts for key in read_part(store.get_bytes(uri), uri).column("key").to_pylist()]
+    assert sorted(keys) == sorted(item.key for item in images)  # every split, read from the shards

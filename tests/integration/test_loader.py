@@ -234,6 +234,14 @@ def test_an_image_deleted_after_listing_fails_naming_it_even_with_skip_corrupt(s
     assert f"image s3://{bucket}/{gone} was listed when this task started but no longer exists" in str(err.value)
     assert "AirflowFailException" in [c.__name__ for c in type(err.value).__mro__]  # not retried
 
+    # Scoring (tl_predict) has nothing to do with an image that is gone: skipped and counted, not corrupt.
+    told = []
+    stream = ImageStream(store, dataset, SMALL_INPUT, batch_size=2, threads=2, skip_missing=True,
+                         on_corrupt=lambda item, reason: told.append(item.key))  # fmt: skip
+    keys = [k for batch in stream.batches("train") for k in batch.keys]
+    assert sorted(keys) == sorted(i.key for i in dataset.split("train") if i.key != gone)
+    assert stream.missing == [gone] and told == [] and stream.skipped == set()
+
 
 # --- caching and bounded memory ---------------------------------------------------------------------------------
 
