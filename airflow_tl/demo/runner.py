@@ -114,6 +114,16 @@ def demo_conf(strategy: str, uris) -> dict:
     return conf
 
 
+def predict_conf(uris) -> dict:
+    """tl_predict on the target's test images, into the demo bucket's predictions folder."""
+    return {
+        "dataset_uri": f"{uris.target_dataset}/test",
+        "registry_uri": uris.registry,
+        "model_name": MODEL_NAME,
+        "output_uri": f"s3://{uris.bucket}/predictions/{MODEL_NAME}",
+    }
+
+
 def run_demo(
     *, aws_conn_id: str, bucket: str, seed: int, force: bool, epochs: int = 8, train_epochs: int | None = None
 ) -> int:
@@ -141,9 +151,14 @@ def run_demo(
             dag_id = f"tl_{strategy}"
             command = [*airflow, "dags", "test", dag_id, "-c", json.dumps(conf)]
             _run(command, logs / f"{dag_id}.log", f"airflow dags test {dag_id}", env, progress=dag_id)
+        # The champion put to work: the test images scored as new images would be (tl_predict).
+        conf = predict_conf(uris)
+        command = [*airflow, "dags", "test", "tl_predict", "-c", json.dumps(conf)]
+        _run(command, logs / "tl_predict.log", "airflow dags test tl_predict", env, progress="tl_predict")
         # Under .demo/ beside the demo's Airflow home; under an Airflow home of your own, inside it.
         reports = REPO / ".demo" / "reports" if home == REPO / ".demo" / "airflow" else home / "demo-reports"
         _report(aws_conn_id, bucket, started, reports)
+        _report_predictions(aws_conn_id, conf)
     finally:
         if local is not None:
             local.stop()
@@ -193,3 +208,24 @@ def _report(aws_conn_id: str, bucket: str, since: str, reports: Path) -> None:
     print(f"  local copy     {reports / f'{MODEL_NAME}-{champion.version}.html'}")
     print(f"  pointer        {registry.uri}/champion.json")
     print(f"  history        {registry.uri}/history/")
+
+
+def _report_predictions(aws_conn_id: str, conf: dict) -> None:
+    """What tl_predict wrote for the champion, and how often it agrees with the folder each image is in."""
+    from airflow_tl.hooks.s3 import s3_store
+    from airflow_tl.predict.parts import read_part
+    from airflow_tl.registry.store import Registry
+
+    store = s3_store(aws_conn_id)
+    champion = Registry(store, conf["registry_uri"], MODEL_NAME).champion().champion
+    if champion is None:
+        return
+    folder = f"{conf['output_uri']}/version={champion.version}"
+    parts = [o.uri for o in store.list(folder) if o.key.endswith(".parquet") and "/_rejects/" not in o.key]
+    rows = [
+        row for uri in parts for row in read_part(store.get_bytes(uri), uri, ("key", "predicted_class")).to_pylist()
+    ]
+    right = sum(row["predicted_class"] == row["key"].rsplit("/", 2)[-2] for row in rows)
+    print()
+    print(f"  predictions    {folder}/ ({len(rows)} images in {len(parts)} Parquet part(s), by tl_predict)")
+    print(f"                 agreeing with their class folder: {right} of {len(rows)}")

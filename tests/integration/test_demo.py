@@ -65,6 +65,12 @@ def test_demo_run_trains_every_strategy_and_reports(tmp_path):
     champion = re.search(r"^  champion +(s3://airflow-tl-demo/registry/digits-5-9/versions/\S+)/$", out, re.MULTILINE)
     assert champion and f"  report         {champion.group(1)}/report.html" in out
     assert "credentials retrieved" not in out  # the report is not drowned in Airflow's log lines
+    # The champion put to work on the test images by tl_predict.
+    assert "airflow dags test tl_predict: ok" in out
+    scored = re.search(r"^  predictions +s3://airflow-tl-demo/predictions/digits-5-9/version=(v\d+)/ \((\d+) images in",
+                       out, re.MULTILINE)  # fmt: skip
+    assert scored and champion.group(1).endswith(f"/{scored.group(1)}") and int(scored.group(2)) > 0, out[-3000:]
+    assert re.search(rf"agreeing with their class folder: \d+ of {scored.group(2)}$", out, re.MULTILINE)
     # While each DAG ran: which task, and its latest line (no terminal here: a line per task at least).
     for task in ("fetch_pretrained", "train", "evaluate"):
         assert re.search(rf"^    tl_partial_freeze › {task}", out, re.MULTILINE), out[-3000:]
