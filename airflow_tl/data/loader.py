@@ -16,14 +16,14 @@ import contextlib
 import itertools
 import logging
 import random
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from airflow_tl import settings
+from airflow_tl.data.ahead import submitted_ahead
 from airflow_tl.data.dataset import DatasetChangedError, DatasetError, ImageDataset, ImageItem
 from airflow_tl.data.decode import ImageDecodeError, decode
 from airflow_tl.data.preprocess import decode_side, normalize, to_pixels
@@ -222,18 +222,12 @@ class ImageStream:
         ahead, at most ``window`` images in flight or waiting, so memory does not grow with the dataset.
         """
         window = max(2 * self.batch_size, 4 * self.threads)
-        pending: deque[tuple[ImageItem, Future]] = deque()
+
+        def load(source: tuple[ImageItem, bytes | None]):
+            return self._load(*source, seed, epoch, augment)
+
         with ThreadPoolExecutor(self.threads, thread_name_prefix="airflow-tl-images") as pool:
-
-            def refill() -> None:
-                while len(pending) < window and (source := next(sources, None)) is not None:
-                    item, data = source
-                    pending.append((item, pool.submit(self._load, item, data, seed, epoch, augment)))
-
-            refill()
-            while pending:
-                item, future = pending.popleft()
-                refill()
+            for (item, _), future in submitted_ahead(pool, load, sources, window):
                 tensor, size, reason = future.result()
                 stats.bytes_read += size
                 if reason is _GONE:

@@ -12,11 +12,13 @@ must turn up in the shard its index places it in: shards that disagree with thei
 
 from __future__ import annotations
 
+import functools
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
+from airflow_tl.data.ahead import submitted_ahead
 from airflow_tl.data.dataset import ImageItem
 from airflow_tl.data.errors import ShardError
 from airflow_tl.data.shards import Sample, ShardIndex, read_shard
@@ -64,17 +66,8 @@ def samples(
 def _checked(store, index: ShardIndex, wanted: dict[str, ImageItem], shards: list[int], ahead: int):
     expected = Counter(item.shard for item in wanted.values())
     with ThreadPoolExecutor(ahead, thread_name_prefix="airflow-tl-shards") as pool:
-        pending: deque[tuple[int, Future[list[Sample]]]] = deque()
-        queue = iter(shards)
-
-        def refill() -> None:
-            while len(pending) < ahead and (position := next(queue, None)) is not None:
-                pending.append((position, pool.submit(read_shard, store, index, position)))
-
-        refill()
-        while pending:
-            position, future = pending.popleft()
-            refill()
+        read = functools.partial(read_shard, store, index)
+        for position, future in submitted_ahead(pool, read, shards, ahead):
             contents = future.result()
             uri = index.shard_uri(position)
             found = 0

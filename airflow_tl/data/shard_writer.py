@@ -19,12 +19,12 @@ import logging
 import os
 import tarfile
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
+from airflow_tl.data.ahead import submitted_ahead
 from airflow_tl.data.dataset import SPLITS, ImageDataset, ImageItem, list_dataset
 from airflow_tl.data.errors import DatasetChangedError, DatasetError
 from airflow_tl.data.manifest import DataManifest
@@ -161,18 +161,8 @@ class _Writer:
 
     def _fetched(self, items: list[ImageItem]) -> Iterator[tuple[ImageItem, bytes]]:
         window = max(64, 4 * self.threads)
-        queue = iter(items)
-        pending: deque[tuple[ImageItem, Future[bytes]]] = deque()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="airflow-tl-shard-writer") as pool:
-
-            def refill() -> None:
-                while len(pending) < window and (item := next(queue, None)) is not None:
-                    pending.append((item, pool.submit(self._get, item)))
-
-            refill()
-            while pending:
-                item, future = pending.popleft()
-                refill()
+            for item, future in submitted_ahead(pool, self._get, items, window):
                 yield item, future.result()
 
     def _get(self, item: ImageItem) -> bytes:
