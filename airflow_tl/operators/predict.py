@@ -81,8 +81,11 @@ class PredictOperator(TransferLearningBaseOperator):
         self.part_rows = part_rows
         self.device = device
 
-    def lineage_inputs(self) -> list[str | None]:
-        return [self.dataset_uri]
+    # The version that scored: known once execute has resolved the champion.
+    _lineage_model: Any = None
+
+    def lineage_inputs(self) -> list[Any]:
+        return [self.dataset_uri, self._lineage_model]
 
     def execute(self, context: Context) -> dict[str, Any]:
         prepare_torch_runtime()
@@ -103,7 +106,10 @@ class PredictOperator(TransferLearningBaseOperator):
         ti = context["ti"]
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number}
         result = predict_images(self.store, spec, run=run)
-        self._lineage_outputs = [result.output_uri]
+        from airflow_tl.lineage import DatasetRef
+
+        self._lineage_model = DatasetRef(result.model_uri, version=result.version)
+        self._lineage_outputs = [DatasetRef(result.output_uri, version=result.version)]
         summary = result.summary()
         self.log.info(
             "%s %s: %d images, %d already scored, %d scored now, %d rejected; predictions under %s",

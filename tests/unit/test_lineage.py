@@ -130,6 +130,19 @@ def test_operators_report_what_they_read_and_what_execute_kept():
     choose = ChooseStrategyOperator(task_id="choose", advice={"strategy": "x", "advice_uri": "s3://tl-w/a/advice.json"})
     assert _names(choose.get_openlineage_facets_on_complete(None)) == ([("s3://tl-w", "a/advice.json")], [])
 
+    from airflow_tl.lineage import DatasetRef
+    from airflow_tl.operators import PredictOperator
+
+    predict = PredictOperator(task_id="predict", dataset_uri="s3://tl-d/inbox", registry_uri="s3://tl-m/registry",
+                              model_name="flowers", output_uri="s3://tl-d/predictions")  # fmt: skip
+    assert _names(predict.get_openlineage_facets_on_complete(None)) == ([("s3://tl-d", "inbox")], [])
+    predict._lineage_model = DatasetRef("s3://tl-m/registry/flowers/versions/v3", version="v3")  # what execute keeps
+    predict._lineage_outputs = [DatasetRef("s3://tl-d/predictions/version=v3", version="v3")]
+    assert _names(predict.get_openlineage_facets_on_complete(None)) == (
+        [("s3://tl-d", "inbox"), ("s3://tl-m", "registry/flowers/versions/v3")],
+        [("s3://tl-d", "predictions/version=v3")],
+    )
+
 
 _IMPORT_ALL = """
 import importlib, pkgutil, sys
