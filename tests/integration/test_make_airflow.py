@@ -1,7 +1,8 @@
 """``make airflow`` for real: it brings up Airflow with the dashboard on 127.0.0.1, says how to log in, and
 Ctrl-C stops every process it started. While it is up, the shipped data-arrival DAGs run as the scheduler
 and triggerer run them: ``tl_land_images`` waits deferred, an image that arrives is landed, and its Asset
-event starts ``tl_retrain_on_data``."""
+event starts ``tl_retrain_on_data``; an event of the model's Asset starts ``tl_predict``, which scores with the
+champion."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def airflow(local_s3, bucket_name):
     env |= {"AIRFLOW_HOME": home, "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "PYTHONUNBUFFERED": "1"}
     env |= {"AIRFLOW_TL_RETRAIN_DATASET": dataset, "AIRFLOW_TL_RETRAIN_INCOMING": incoming}
     env |= {"AIRFLOW_TL_RETRAIN_POKE_INTERVAL": "2"}
+    env |= {f"AIRFLOW_TL_PREDICT_{k.upper()}": v for k, v in _predict_locations(bucket_name).items()}
     process = subprocess.Popen(
         [sys.executable, "-m", "airflow_tl.demo", "airflow", "--port", str(port), "--no-seed"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True,
@@ -137,6 +139,12 @@ def airflow(local_s3, bucket_name):
             os.killpg(group, signal.SIGKILL)
 
 
+def _predict_locations(bucket: str) -> dict[str, str]:
+    """Where the shipped tl_predict looks in these tests (its AIRFLOW_TL_PREDICT_* variables)."""
+    return {"dataset": f"s3://{bucket}/photos", "registry": f"s3://{bucket}/registry", "model": "arrivals",
+            "output": f"s3://{bucket}/predictions"}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def bucket_name(local_s3) -> str:
     name = f"tl-make-airflow-{uuid.uuid4().hex[:8]}"
@@ -154,6 +162,46 @@ def test_make_airflow_serves_the_dashboard_on_loopback_and_says_how_to_log_in(ai
 def test_images_that_arrive_are_landed_and_start_the_retraining_dag(airflow, bucket_name):
     dataset, incoming = f"s3://{bucket_name}/datasets/arrivals", f"s3://{bucket_name}/incoming/arrivals"
     _data_arrival_retrains(airflow.url, airflow.password, dataset, incoming, PNG)
+
+
+def test_a_new_champion_starts_tl_predict_which_scores_the_images(airflow, bucket_name):
+    """The model's Asset, updated as an evaluate task would update it, starts the shipped tl_predict, which scores
+    the prefix with the champion."""
+    import io
+
+    from PIL import Image
+
+    from tests.helpers import publish_model
+
+    where, store, api = _predict_locations(bucket_name), s3_store(), airflow.api()
+    publish_model(store, f"s3://{bucket_name}/trained", classes=["cat", "dog"])
+    registry = Registry(store, where["registry"], where["model"])
+    registry.write_version("v1", model_uri=f"s3://{bucket_name}/trained", metrics={}, report_html=b"", plots={})
+    assert registry.replace_champion({"version": "v1"}, etag=None)
+    for i in range(3):
+        png = io.BytesIO()
+        Image.new("RGB", (40, 40), (60 * i, 90, 200)).save(png, "PNG")
+        store.put_bytes(f"{where['dataset']}/2026-11-30/{i}.png", png.getvalue())
+
+    uri = f"x-airflow-tl://{bucket_name}/registry/arrivals"
+    _wait_for("the DAG processor", lambda: api.get("/dags/tl_predict").status_code == 200)
+    assets = _wait_for("the model's Asset", lambda: api.get("/assets", params={"uri_pattern": uri}).json()["assets"])
+    assert api.patch("/dags/tl_predict", json={"is_paused": False}).status_code == 200
+    event = api.post("/assets/events", json={"asset_id": assets[0]["id"], "extra": {"version": "v1"}})
+    assert event.status_code == 200, event.text
+
+    def finished() -> list:
+        runs = api.get("/dags/tl_predict/dagRuns").json()["dag_runs"]
+        return [r for r in runs if r["state"] in ("success", "failed")]
+
+    runs = _wait_for("the prediction run", finished, timeout=300)
+    assert (runs[0]["run_type"], runs[0]["state"]) == ("asset_triggered", "success"), runs
+    from airflow_tl.predict.parts import read_part
+
+    parts = [o.uri for o in store.list(f"{where['output']}/version=v1") if o.key.endswith(".parquet")]
+    keys = [k for uri in parts for k in read_part(store.get_bytes(uri), uri, ["key"]).column("key").to_pylist()]
+    assert sorted(keys) == [f"photos/2026-11-30/{i}.png" for i in range(3)]
+    api.patch("/dags/tl_predict", json={"is_paused": True})
 
 
 def test_two_nodes_under_the_local_executor_train_as_one_and_publish_one_model(airflow, demo, small_target):
