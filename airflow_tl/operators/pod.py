@@ -26,7 +26,7 @@ COMMAND = ["python", "-m", "airflow_tl"]
 class TransferLearningPodOperator(KubernetesPodOperator):
     """Run ``python -m airflow_tl <command> --config <config as JSON>`` in a pod of ``image``.
 
-    :param command: ``extract``, ``train``, ``evaluate`` (or ``fetch``, ``assess``).
+    :param command: ``extract``, ``train``, ``evaluate`` (or ``fetch``, ``assess``, ``shards``, ``predict``).
     :param config: the command's config keys (docs/scale.md); rendered like any templated field. (templated)
     :param aws_conn_id: the connection the command reads S3 through, which the pod must define (for
         ``aws_default``, ``AIRFLOW_CONN_AWS_DEFAULT`` from a Kubernetes Secret).
