@@ -178,13 +178,7 @@ def strategy_params(strategy: Strategy, defaults: dict[str, Any] | None = None) 
         "skip_corrupt": Param(
             d["skip_corrupt"], type="boolean", description="leave out images that cannot be decoded instead of failing"
         ),
-        "device": Param(
-            d["device"],
-            type="string",
-            pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
-            description="where the network runs: 'auto' (CUDA when the worker has it, else the CPU), 'cpu', "
-            "'cuda' or 'cuda:N'; 'cuda' on a worker without a GPU fails at once",
-        ),
+        "device": device_param(d["device"]),
         "gate_metric": Param(d["gate_metric"], enum=GATE_METRICS, description="test metric the champion is judged on"),
         "min_improvement": Param(
             d["min_improvement"],
@@ -310,6 +304,17 @@ def _optimiser_params(d: dict[str, Any]) -> dict[str, Param]:
             description="cross-entropy label smoothing",
         ),
     }
+
+
+def device_param(default: str) -> Param:
+    """The ``device`` Param of every DAG that runs the network."""
+    return Param(
+        default,
+        type="string",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where the network runs: 'auto' (CUDA when the worker has it, else the CPU), 'cpu', "
+        "'cuda' or 'cuda:N'; 'cuda' on a worker without a GPU fails at once",
+    )
 
 
 def known_params(params: dict[str, Param], defaults: dict[str, Any] | None, dag: str) -> dict[str, Param]:

@@ -14,7 +14,7 @@ from airflow.sdk import DAG, Param
 
 from airflow_tl.operators import PredictOperator
 from airflow_tl.pipelines.factory import DAG_SETTINGS, DEFAULT_ARGS, schedule_from_env
-from airflow_tl.pipelines.params import DEMO_BUCKET, DEMO_DEFAULTS, S3_PATTERN, known_params
+from airflow_tl.pipelines.params import DEMO_BUCKET, DEMO_DEFAULTS, S3_PATTERN, device_param, known_params
 from airflow_tl.pipelines.placement import apply_task_args
 
 PREDICT_DEFAULTS: dict[str, Any] = {
@@ -76,13 +76,7 @@ def predict_params(defaults: dict[str, Any] | None = None) -> dict[str, Param]:
             minimum=1,
             description="rows per Parquet part: each part is written whole as it fills, and memory holds one",
         ),
-        "device": Param(
-            d["device"],
-            type="string",
-            pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
-            description="where the network runs: 'auto' (CUDA when the worker has it, else the CPU), 'cpu', "
-            "'cuda' or 'cuda:N'; 'cuda' on a worker without a GPU fails at once",
-        ),
+        "device": device_param(d["device"]),
     }
     return known_params(params, defaults, "tl_predict")
 
