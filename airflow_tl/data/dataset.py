@@ -127,7 +127,7 @@ def list_dataset(
         raise DatasetError(
             f"Dataset {uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any case); found {len(objects)} objects."
         )
-    _report_ignored(uri, ignored)
+    report_ignored(uri, ignored)
     try:
         layout, placed = place([rel for rel, _ in images], layout)
     except LayoutError as err:
@@ -189,7 +189,7 @@ def _splits(placed, seed: int, fractions) -> dict[str, str]:
     return fixed | assign_splits(sorted(by_class.items()), seed=seed, fractions=fractions)
 
 
-def _report_ignored(uri: str, ignored: list[str]) -> None:
+def report_ignored(uri: str, ignored: list[str]) -> None:
     """One log line for everything that is not an image, by extension, so stray files are seen but not fatal."""
     if not ignored:
         return

@@ -7,9 +7,8 @@ A prefix of class folders (a labelled dataset) is read the same way: folder name
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
-from airflow_tl.data.dataset import LIST_THREADS, ImageDataset, ImageItem, open_sharded
+from airflow_tl.data.dataset import LIST_THREADS, ImageDataset, ImageItem, open_sharded, report_ignored
 from airflow_tl.data.decode import IMAGE_EXTENSIONS
 from airflow_tl.data.errors import DatasetError
 from airflow_tl.data.shards import SHARDS_FOLDER, is_shards_uri
@@ -32,28 +31,20 @@ def list_images(store: S3Store, uri: str, *, exclude: str | None = None) -> Imag
     root = parse_s3_uri(uri, what="Dataset URI")
     if is_shards_uri(uri):
         return open_sharded(store, uri)
-    skip = parse_s3_uri(exclude, what="Output URI").folder_key if exclude else None
+    excluded = parse_s3_uri(exclude, what="Output URI") if exclude else None
+    skip = excluded.folder_key if excluded and excluded.bucket == root.bucket else None
     objects = store.list(root, threads=LIST_THREADS)
-    items, other = [], Counter()
+    items, ignored = [], []
     for obj in objects:
-        if skip and obj.bucket == root.bucket and obj.key.startswith(skip):
-            continue
-        name = obj.key.rsplit("/", 1)[-1]
-        if obj.key.endswith("/") or obj.key[len(root.folder_key) :].startswith(f"{SHARDS_FOLDER}/"):
-            continue  # folder markers, and a sharded copy of these very images
-        if name.startswith("."):
-            other["hidden files"] += 1
-        elif name.lower().endswith(IMAGE_EXTENSIONS):
+        rel = obj.key[len(root.folder_key) :]
+        if (skip and obj.key.startswith(skip)) or rel.endswith("/") or rel.startswith(f"{SHARDS_FOLDER}/"):
+            continue  # the predictions, folder markers, and a sharded copy of these very images
+        name = rel.rsplit("/", 1)[-1]
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
             items.append(ImageItem(obj.key, obj.etag, obj.size, NO_LABEL, SPLIT))
         else:
-            other["." + name.rsplit(".", 1)[-1].lower() if "." in name else "no extension"] += 1
-    if other:
-        log.warning(
-            "Ignored %d objects under %s that are not images (%s)",
-            sum(other.values()),
-            uri,
-            ", ".join(f"{kind}: {n}" for kind, n in other.most_common()),
-        )
+            ignored.append(rel)
+    report_ignored(uri, ignored)
     if not items:
         raise DatasetError(
             f"{uri} holds no images to score ({', '.join(IMAGE_EXTENSIONS)}, any case); found {len(objects)} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -98,10 +98,9 @@ class PredictResult:
     parts: int = 0
     gone: int = 0  # listed, then deleted before they were read: not scored, not rejected
     seconds: float = 0.0
-    part_uris: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """The small JSON that becomes the task's XCom (the part URIs are in the task log, not here)."""
+        """The small JSON that becomes the task's XCom (each part's URI is in the task log)."""
         rate = round(self.scored / self.seconds, 1) if self.seconds else None
         return {
             "model_name": self.model_name,
@@ -289,7 +288,6 @@ class _PartWriter:
         uri = parent.join(part_name(self.token, number))
         self.store.put_bytes(uri, table_bytes(table), content_type="application/vnd.apache.parquet")
         self.result.parts += 1
-        self.result.part_uris.append(str(uri))
         log.info("Wrote %s (%d rows)", uri, table.num_rows)
 
     def progress(self, total: int, started: float) -> None:
